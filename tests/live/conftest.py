@@ -1,0 +1,476 @@
+"""Shared machinery for the live suite: a real gunicorn server on 127.0.0.1, real clients.
+
+Every server gets its own temporary directory holding its data dir and its log. Servers
+are stopped at fixture teardown (SIGTERM, then SIGKILL for the whole process group) and
+their log must not contain a Python traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import os
+import random
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+GUNICORN = VENV_BIN / "gunicorn"
+VENV_PYTHON = VENV_BIN / "python"
+
+HOST = "127.0.0.1"
+TUS_VERSION = "1.0.0"
+OFFSET_OCTET_STREAM = "application/offset+octet-stream"
+KiB = 1024
+MiB = 1024 * KiB
+
+STARTUP_TIMEOUT = 20.0  # seconds until OPTIONS /files/ must answer 204
+STOP_TIMEOUT = 30.0  # seconds gunicorn gets to stop after SIGTERM
+IO_TIMEOUT = 60.0  # per-socket timeout for test clients
+
+UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+STATUS_LINE_RE = re.compile(rb"HTTP/1\.[01] (\d{3})(?: |\r\n)")
+
+LIVE_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if LIVE_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.live)
+
+
+# --------------------------------------------------------------------------- data helpers
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(MiB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def random_bytes(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def make_data_file(path: Path, size: int, seed: int) -> str:
+    """Write ``size`` seeded random bytes to ``path``; return their sha256."""
+    rng = random.Random(seed)
+    digest = hashlib.sha256()
+    remaining = size
+    with path.open("wb") as fh:
+        while remaining > 0:
+            block = rng.randbytes(min(remaining, 4 * MiB))
+            fh.write(block)
+            digest.update(block)
+            remaining -= len(block)
+    return digest.hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- HTTP helpers
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+def http_request(
+    method: str,
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | Iterator[bytes] | None = None,
+    *,
+    encode_chunked: bool = False,
+    timeout: float = IO_TIMEOUT,
+) -> Response:
+    """One request on a fresh connection (closed afterwards) with http.client."""
+    parts = urlsplit(url)
+    assert parts.hostname == HOST, url
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    conn = http.client.HTTPConnection(HOST, parts.port, timeout=timeout)
+    try:
+        conn.request(
+            method, target, body=body, headers=dict(headers or {}), encode_chunked=encode_chunked
+        )
+        resp = conn.getresponse()
+        data = resp.read()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+def tus_headers(**extra: str) -> dict[str, str]:
+    """``Tus-Resumable`` plus ``extra`` (underscores in names become dashes)."""
+    headers = {"Tus-Resumable": TUS_VERSION}
+    headers.update({name.replace("_", "-"): value for name, value in extra.items()})
+    return headers
+
+
+# --------------------------------------------------------------------------- raw sockets
+
+
+def _b(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def build_request(
+    method: str | bytes,
+    target: str | bytes,
+    headers: Sequence[tuple[str | bytes, str | bytes]],
+    *,
+    port: int,
+) -> bytes:
+    """The request line and header block (ending in CRLF CRLF), bytes exactly as given.
+
+    ``Host`` is added first; str values are sent as UTF-8, bytes as they are.
+    """
+    lines = [b" ".join((_b(method), _b(target), b"HTTP/1.1")), b"Host: %s:%d" % (HOST.encode(), port)]
+    lines.extend(_b(name) + b": " + _b(value) for name, value in headers)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+@dataclass
+class RawResponse:
+    status: int | None  # None: the server closed (or reset) without a status line
+    head: bytes
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower().encode("ascii")
+        for line in self.head.split(b"\r\n")[1:]:
+            key, sep, value = line.partition(b":")
+            if sep and key.strip().lower() == wanted:
+                return value.strip().decode("latin-1")
+        return None
+
+
+def connect(port: int, timeout: float = IO_TIMEOUT) -> socket.socket:
+    return socket.create_connection((HOST, port), timeout=timeout)
+
+
+def read_response_head(sock: socket.socket, timeout: float = IO_TIMEOUT) -> RawResponse:
+    """Read up to the end of the response header block, EOF or a reset (bounded)."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    for _ in range(1024):
+        if b"\r\n\r\n" in buf or len(buf) > 256 * KiB:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no complete response head within {timeout} s: {buf[:200]!r}")
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(64 * KiB)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        buf += data
+    head = buf.split(b"\r\n\r\n", 1)[0]
+    match = STATUS_LINE_RE.match(buf)
+    return RawResponse(int(match.group(1)) if match else None, head)
+
+
+def exchange_on(
+    sock: socket.socket,
+    payload: bytes,
+    *,
+    half_close: bool = False,
+    timeout: float = IO_TIMEOUT,
+) -> RawResponse:
+    """Send ``payload``, stopping early if the server answers or closes first, then read
+    the response head. ``half_close`` shuts our side down for writing once all is sent."""
+    deadline = time.monotonic() + timeout
+    view = memoryview(payload)
+    sent = 0
+    complete = not payload
+    for _ in range(len(payload) // 512 + 1024):
+        if sent >= len(view):
+            complete = True
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"sent only {sent} of {len(view)} bytes within {timeout} s")
+        readable, writable, _ = select.select([sock], [sock], [], remaining)
+        if readable:
+            break  # an early answer (or close): stop sending, read it
+        if writable:
+            sock.settimeout(remaining)
+            try:
+                sent += sock.send(view[sent : sent + 256 * KiB])
+            except (BrokenPipeError, ConnectionResetError):
+                break
+    if complete and half_close:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+    return read_response_head(sock, max(deadline - time.monotonic(), 1.0))
+
+
+def exchange(
+    port: int, payload: bytes, *, half_close: bool = False, timeout: float = IO_TIMEOUT
+) -> RawResponse:
+    """``exchange_on`` over a fresh connection, closed afterwards."""
+    with connect(port, timeout) as sock:
+        return exchange_on(sock, payload, half_close=half_close, timeout=timeout)
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """Bytes in our send queue not yet acknowledged by the peer's kernel (Linux SIOCOUTQ)."""
+    raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    return int(struct.unpack("i", raw)[0])
+
+
+def wait_until_delivered(sock: socket.socket, timeout: float = 20.0) -> None:
+    """Wait (bounded) until the peer's kernel has every byte we sent."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.005) + 1):
+        if unsent_bytes(sock) == 0:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    raise AssertionError(f"{unsent_bytes(sock)} bytes still unacknowledged after {timeout} s")
+
+
+def abort_connection(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0: the kernel sends RST instead of FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+# --------------------------------------------------------------------------- tus helpers
+
+
+def upload_id(url: str) -> str:
+    ident = url.rstrip("/").rsplit("/", 1)[-1]
+    assert UPLOAD_ID_RE.fullmatch(ident), url
+    return ident
+
+
+def head_upload(url: str, *, attempts: int = 5) -> Response:
+    """HEAD an upload; retry (bounded) only while the server answers 423 Locked."""
+    resp = http_request("HEAD", url, tus_headers())
+    for _ in range(attempts - 1):
+        if resp.status != 423:
+            break
+        time.sleep(0.2)
+        resp = http_request("HEAD", url, tus_headers())
+    return resp
+
+
+def patch_upload(url: str, offset: int, data: bytes, **extra: str) -> Response:
+    headers = tus_headers(Upload_Offset=str(offset), Content_Type=OFFSET_OCTET_STREAM, **extra)
+    return http_request("PATCH", url, headers, data)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+@dataclass
+class LiveServer:
+    base_dir: Path
+    data_dir: Path
+    log_path: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def origin(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.origin}/files/"
+
+    def upload_url_re(self) -> re.Pattern[str]:
+        return re.compile(re.escape(self.endpoint) + r"[0-9a-f]{32}")
+
+    def data_file(self, url_or_id: str) -> Path:
+        ident = url_or_id if UPLOAD_ID_RE.fullmatch(url_or_id) else upload_id(url_or_id)
+        return self.data_dir / "files" / ident
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def create(
+        self,
+        length: int | None,
+        *,
+        body: bytes | None = None,
+        metadata: str | None = None,
+    ) -> Response:
+        """POST a new upload (deferred length when ``length`` is None)."""
+        headers = tus_headers()
+        if length is None:
+            headers["Upload-Defer-Length"] = "1"
+        else:
+            headers["Upload-Length"] = str(length)
+        if metadata is not None:
+            headers["Upload-Metadata"] = metadata
+        if body is not None:
+            headers["Content-Type"] = OFFSET_OCTET_STREAM
+        return http_request("POST", self.endpoint, headers, body)
+
+    def create_upload(self, length: int | None, **kwargs: object) -> str:
+        resp = self.create(length, **kwargs)  # type: ignore[arg-type]
+        assert resp.status == 201, (resp.status, resp.body[:300])
+        location = resp.header("Location")
+        assert location is not None
+        assert self.upload_url_re().fullmatch(location), location
+        return location
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=STOP_TIMEOUT)
+        # Workers of a master that died hard would still be in our process group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def start_server(base_dir: Path, env_overrides: Mapping[str, str] | None = None) -> LiveServer:
+    data_dir = base_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = base_dir / "server.log"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPLOADSVC_")}
+    env["UPLOADSVC_DATA_DIR"] = str(data_dir)
+    env.update(env_overrides or {})
+    cmd = [
+        str(GUNICORN),
+        "-c",
+        "gunicorn.conf.py",
+        "-b",
+        f"{HOST}:{port}",
+        "--workers",
+        "2",
+        "wsgi:app",
+    ]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = LiveServer(base_dir, data_dir, log_path, port, proc)
+    try:
+        _wait_ready(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_ready(server: LiveServer) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    last_error = "no attempt"
+    for _ in range(int(STARTUP_TIMEOUT / 0.1) + 1):
+        if not server.running():
+            raise RuntimeError(
+                f"gunicorn exited with {server.proc.returncode} during start-up:\n"
+                + server.log_text()[-4000:]
+            )
+        try:
+            resp = http_request("OPTIONS", server.endpoint, timeout=2.0)
+        except OSError as exc:
+            last_error = repr(exc)
+        else:
+            if resp.status == 204:
+                return
+            last_error = f"OPTIONS answered {resp.status}"
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"server not ready within {STARTUP_TIMEOUT} s ({last_error}):\n"
+        + server.log_text()[-4000:]
+    )
+
+
+class _ServerPool:
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp = tmp_path_factory
+        self.servers: list[LiveServer] = []
+
+    def start(self, **env: str) -> LiveServer:
+        server = start_server(self._tmp.mktemp("uploadsvc"), env)
+        self.servers.append(server)
+        return server
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+        problems = [
+            f"{server.log_path}:\n{server.log_text()[-6000:]}"
+            for server in self.servers
+            if "Traceback" in server.log_text()
+        ]
+        if problems:
+            pytest.fail("server log contains a traceback:\n" + "\n\n".join(problems))
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server per test module (own data dir); its log is checked at module end."""
+    pool = _ServerPool(tmp_path_factory)
+    try:
+        yield pool.start()
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., LiveServer]]:
+    """Start fresh servers (keyword args become environment, e.g. UPLOADSVC_MAX_SIZE="10");
+    all are stopped, and their logs checked, when the test ends."""
+    pool = _ServerPool(tmp_path_factory)
+    try:
+        yield pool.start
+    finally:
+        pool.close()

@@ -1,0 +1,118 @@
+"""Settings: defaults, then ``UPLOADSVC_*`` environment variables, validated once.
+
+Nothing below ``create_app`` reads configuration strings; it gets a frozen ``Settings``.
+A bad value raises ``ConfigError`` whose message is one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PREFIX = "UPLOADSVC_"
+
+GIB = 1024**3
+DEFAULT_MAX_SIZE = 5 * GIB
+# An unfinished upload lives a day after its creation or its last successful write:
+# long enough to resume after a night's network outage, short enough that abandoned
+# partial files don't pile up on a small intranet disk.
+DEFAULT_EXPIRE_AFTER = 24 * 60 * 60
+# How long a request waits for an upload's lock before answering 423. tus-js-client
+# retries 423 after 0, 1, 3 and 5 s, so a few seconds is plenty.
+DEFAULT_LOCK_TIMEOUT = 3.0
+DEFAULT_DATA_DIR = "var"
+
+
+class ConfigError(ValueError):
+    """A setting has a value uploadsvc can't use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    max_size: int = DEFAULT_MAX_SIZE
+    expire_after: int = DEFAULT_EXPIRE_AFTER
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    # fsync data before acknowledging a PATCH. Turning it off trades durability across
+    # power loss for speed; a process crash still loses nothing.
+    fsync: bool = True
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.data_dir / "locks"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        """Build from ``{"DATA_DIR": ..., ...}`` (environment names without the prefix)."""
+        data_dir = Path(str(values.get("DATA_DIR") or DEFAULT_DATA_DIR)).resolve()
+        database_url = str(values.get("DATABASE_URL") or f"sqlite:///{data_dir / 'uploadsvc.db'}")
+        if not database_url.startswith("sqlite"):
+            raise ConfigError(f"{PREFIX}DATABASE_URL: only sqlite URLs are supported")
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            max_size=_positive_int(values, "MAX_SIZE", DEFAULT_MAX_SIZE),
+            expire_after=_positive_int(values, "EXPIRE_AFTER", DEFAULT_EXPIRE_AFTER),
+            lock_timeout=_positive_float(values, "LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
+            fsync=_boolean(values, "FSYNC", True),
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls.from_mapping(
+            {key[len(PREFIX) :]: value for key, value in env.items() if key.startswith(PREFIX)}
+        )
+
+
+def _raw(values: Mapping[str, Any], name: str) -> Any:
+    value = values.get(name)
+    return None if value is None or value == "" else value
+
+
+def _positive_int(values: Mapping[str, Any], name: str, default: int) -> int:
+    value = _raw(values, name)
+    if value is None:
+        return default
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name}: {value!r} is not an integer") from None
+    if number <= 0:
+        raise ConfigError(f"{PREFIX}{name}: must be positive, got {number}")
+    return number
+
+
+def _positive_float(values: Mapping[str, Any], name: str, default: float) -> float:
+    value = _raw(values, name)
+    if value is None:
+        return default
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name}: {value!r} is not a number") from None
+    if not number > 0 or number == float("inf"):
+        raise ConfigError(f"{PREFIX}{name}: must be a positive number, got {value!r}")
+    return number
+
+
+def _boolean(values: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = _raw(values, name)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{PREFIX}{name}: {value!r} is not a boolean (use 1 or 0)")

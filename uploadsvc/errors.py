@@ -1,0 +1,79 @@
+"""The errors uploadsvc answers with, each carrying its HTTP status.
+
+Everything below the views raises one of these; the views render them in one place
+(status, a short text body, the tus headers). Anything else that escapes is a bug.
+
+    TusError (400)
+      UnsupportedVersion 412   InvalidHeader 400       UnsupportedMediaType 415
+      UploadNotFound 404       UploadGone 410          OffsetMismatch 409
+      UploadTooLarge 413       UploadLocked 423        ChecksumMismatch 460
+      BodyIncomplete 400       InsufficientStorage 507
+"""
+
+from __future__ import annotations
+
+
+class TusError(Exception):
+    """A request the server refuses, with the status that says why."""
+
+    status: int = 400
+    reason: str = "Bad Request"
+    message: str = "bad request"
+
+    def __init__(self, message: str | None = None, *, offset: int | None = None) -> None:
+        super().__init__(message or self.message)
+        if message is not None:
+            self.message = message
+        # The upload's offset after the failed request, when bytes may have been kept
+        # (a body that broke off, a full disk): clients resume from it.
+        self.offset = offset
+
+
+class InvalidHeader(TusError):
+    status, reason, message = 400, "Bad Request", "invalid header"
+
+
+class BodyIncomplete(TusError):
+    """The client stopped sending before the body it announced was complete."""
+
+    status, reason, message = 400, "Bad Request", "request body ended early"
+
+
+class UploadNotFound(TusError):
+    status, reason, message = 404, "Not Found", "upload not found"
+
+
+class OffsetMismatch(TusError):
+    status, reason, message = 409, "Conflict", "Upload-Offset does not match the upload's offset"
+
+
+class UploadGone(TusError):
+    status, reason, message = 410, "Gone", "upload expired or terminated"
+
+
+class UnsupportedVersion(TusError):
+    status, reason, message = 412, "Precondition Failed", "Tus-Resumable must be 1.0.0"
+
+
+class UploadTooLarge(TusError):
+    status, reason, message = 413, "Content Too Large", "upload exceeds its length or the max size"
+
+
+class UnsupportedMediaType(TusError):
+    status, reason, message = (
+        415,
+        "Unsupported Media Type",
+        "Content-Type must be application/offset+octet-stream",
+    )
+
+
+class UploadLocked(TusError):
+    status, reason, message = 423, "Locked", "upload is busy with another request; retry"
+
+
+class ChecksumMismatch(TusError):
+    status, reason, message = 460, "Checksum Mismatch", "checksum mismatch; chunk discarded"
+
+
+class InsufficientStorage(TusError):
+    status, reason, message = 507, "Insufficient Storage", "no space left to store the upload"

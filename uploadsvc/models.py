@@ -1,0 +1,61 @@
+"""The upload registry: one row per upload, the truth about what its bytes mean."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Enum, String, Text, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes, stored naive (SQLite has no time zones)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class UploadState(enum.StrEnum):
+    ACTIVE = "active"  # accepting bytes
+    COMPLETED = "completed"  # offset == length; kept until retention says otherwise
+    TERMINATED = "terminated"  # tombstone after DELETE: answers 410
+    EXPIRED = "expired"  # tombstone after expiry cleanup: answers 410
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Upload(Base):
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[UploadState] = mapped_column(
+        Enum(UploadState, native_enum=False, length=16, validate_strings=True),
+        default=UploadState.ACTIVE,
+        index=True,
+    )
+    # None while the client defers the length.
+    length: Mapped[int | None] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Canonical Upload-Metadata header form: base64 values keep binary metadata intact.
+    upload_metadata: Mapped[str] = mapped_column(Text, default="")
+    # Set while a checksummed PATCH writes: bytes past ``offset`` are unverified, so a
+    # crash before the verdict must not let reconciliation count them.
+    verifying: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,171 @@
+"""tus 1.0.0 headers: parsing and formatting as pure functions.
+
+No Flask and no I/O here, so every rule is covered by table tests. Each parser takes the
+raw header value (``None`` when the header is absent) and returns a typed value or
+raises ``InvalidHeader``/``UnsupportedVersion``/``UnsupportedMediaType``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import format_datetime
+from typing import Any
+
+from .errors import InvalidHeader, UnsupportedMediaType, UnsupportedVersion
+
+TUS_VERSION = "1.0.0"
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+
+# Any header value longer than this is refused: nothing legitimate comes close, and it
+# keeps hostile input from turning into large integers or long loops.
+MAX_NUMBER_DIGITS = 64
+MAX_METADATA_BYTES = 8 * 1024
+
+CHECKSUM_ALGORITHMS: Mapping[str, Callable[[], Any]] = {
+    "sha1": hashlib.sha1,
+    "md5": hashlib.md5,
+    "sha256": hashlib.sha256,
+    "sha512": hashlib.sha512,
+}
+
+_DIGITS = re.compile(r"[0-9]+")
+# A metadata key: printable ASCII without space or comma (the pair separators).
+_METADATA_KEY = re.compile(r"[!-+\--~]+")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """An ``Upload-Checksum`` header: the algorithm and the expected digest bytes."""
+
+    algorithm: str
+    digest: bytes
+
+    def hasher(self) -> Any:
+        return CHECKSUM_ALGORITHMS[self.algorithm]()
+
+
+def require_tus_resumable(value: str | None) -> None:
+    """Every request but OPTIONS must speak our version, or nothing is processed."""
+    if value is None or value.strip() != TUS_VERSION:
+        raise UnsupportedVersion()
+
+
+def parse_uint(value: str | None, name: str) -> int | None:
+    """A non-negative decimal integer header, or ``None`` when absent.
+
+    Only ASCII digits: ``-1``, ``+1``, ``1e3``, ``0x10``, `` 1 2`` and non-ASCII digits
+    (``int()`` would take Arabic-Indic digits) are all refused.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text or len(text) > MAX_NUMBER_DIGITS or not _DIGITS.fullmatch(text):
+        raise InvalidHeader(f"{name} must be a non-negative integer")
+    return int(text)
+
+
+def parse_defer_length(value: str | None) -> bool:
+    """``Upload-Defer-Length`` is either absent or exactly ``1``."""
+    if value is None:
+        return False
+    if value.strip() != "1":
+        raise InvalidHeader("Upload-Defer-Length must be 1")
+    return True
+
+
+def parse_creation_length(length: str | None, defer: str | None) -> int | None:
+    """The length a POST announces: an integer, or ``None`` when deferred.
+
+    Exactly one of ``Upload-Length`` and ``Upload-Defer-Length: 1`` must be present.
+    """
+    upload_length = parse_uint(length, "Upload-Length")
+    deferred = parse_defer_length(defer)
+    if upload_length is None and not deferred:
+        raise InvalidHeader("Upload-Length or Upload-Defer-Length: 1 is required")
+    if upload_length is not None and deferred:
+        raise InvalidHeader("Upload-Length and Upload-Defer-Length are exclusive")
+    return upload_length
+
+
+def parse_metadata(value: str | None) -> dict[str, bytes | None]:
+    """``Upload-Metadata``: comma-separated ``key base64value`` pairs; value optional.
+
+    Values stay bytes (the spec allows binary); keys are unique, non-empty ASCII
+    without spaces or commas.
+    """
+    if value is None:
+        return {}
+    if len(value) > MAX_METADATA_BYTES:
+        raise InvalidHeader("Upload-Metadata is too long")
+    if not value.strip():
+        return {}
+    result: dict[str, bytes | None] = {}
+    for pair in value.split(","):
+        parts = pair.strip().split(" ")
+        if len(parts) > 2:
+            raise InvalidHeader("Upload-Metadata pairs are 'key value'")
+        key = parts[0]
+        if not _METADATA_KEY.fullmatch(key):
+            raise InvalidHeader("Upload-Metadata has an invalid key")
+        if key in result:
+            raise InvalidHeader(f"Upload-Metadata repeats the key {key!r}")
+        result[key] = _decode_base64(parts[1], "Upload-Metadata") if len(parts) == 2 else None
+    return result
+
+
+def format_metadata(metadata: Mapping[str, bytes | None]) -> str:
+    """The canonical ``Upload-Metadata`` form of parsed metadata (for HEAD)."""
+    pairs = []
+    for key, raw in metadata.items():
+        if raw is None:
+            pairs.append(key)
+        else:
+            pairs.append(f"{key} {base64.b64encode(raw).decode('ascii')}")
+    return ",".join(pairs)
+
+
+def parse_checksum(value: str | None) -> Checksum | None:
+    """``Upload-Checksum: <algorithm> <base64 digest>``; unknown algorithms are a 400."""
+    if value is None:
+        return None
+    parts = value.strip().split(" ")
+    if len(parts) != 2:
+        raise InvalidHeader("Upload-Checksum must be '<algorithm> <base64 digest>'")
+    algorithm, encoded = parts[0].lower(), parts[1]
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise InvalidHeader(f"unsupported checksum algorithm {parts[0]!r}")
+    digest = _decode_base64(encoded, "Upload-Checksum")
+    if len(digest) != CHECKSUM_ALGORITHMS[algorithm]().digest_size:
+        raise InvalidHeader("Upload-Checksum digest has the wrong length")
+    return Checksum(algorithm, digest)
+
+
+def require_offset_content_type(value: str | None) -> None:
+    """PATCH bodies must be ``application/offset+octet-stream`` (parameters ignored)."""
+    if not is_offset_content_type(value):
+        raise UnsupportedMediaType()
+
+
+def is_offset_content_type(value: str | None) -> bool:
+    return value is not None and value.split(";")[0].strip().lower() == OFFSET_CONTENT_TYPE
+
+
+def format_http_date(moment: datetime) -> str:
+    """RFC 9110 IMF-fixdate, as ``Upload-Expires`` needs: ``Sun, 06 Nov 1994 08:49:37 GMT``."""
+    return format_datetime(moment, usegmt=True)
+
+
+def _decode_base64(text: str, name: str) -> bytes:
+    if not _BASE64.fullmatch(text) or len(text) % 4:
+        raise InvalidHeader(f"{name} has invalid base64")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise InvalidHeader(f"{name} has invalid base64") from None

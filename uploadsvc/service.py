@@ -1,0 +1,332 @@
+"""UploadService: create, inspect, append to and terminate uploads.
+
+Framework-free: views and the CLI call it with parsed values and get plain dataclasses.
+Every operation on an existing upload runs under that upload's lock: lock, check, then
+write. Database transactions stay short and never span a body read; the lock, not a
+transaction, serialises one upload's writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import protocol
+from .errors import (
+    BodyIncomplete,
+    ChecksumMismatch,
+    InvalidHeader,
+    OffsetMismatch,
+    TusError,
+    UploadGone,
+    UploadNotFound,
+    UploadTooLarge,
+)
+from .locking import Locker
+from .models import Upload, UploadState
+from .storage import UploadStore
+
+log = logging.getLogger(__name__)
+
+# 128 bits of randomness: an upload URL is a capability, so it must not be guessable.
+_ID_BYTES = 16
+_VALID_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_upload_id() -> str:
+    return secrets.token_hex(_ID_BYTES)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_size: int
+    expire_after: timedelta
+    lock_timeout: float
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    id: str
+    state: UploadState
+    length: int | None
+    offset: int
+    metadata: str  # canonical Upload-Metadata header value
+    expires_at: datetime | None
+    created_at: datetime
+
+    @property
+    def complete(self) -> bool:
+        return self.state is UploadState.COMPLETED
+
+    @classmethod
+    def of(cls, row: Upload) -> UploadInfo:
+        return cls(
+            id=row.id,
+            state=row.state,
+            length=row.length,
+            offset=row.offset,
+            metadata=row.upload_metadata,
+            expires_at=row.expires_at,
+            created_at=row.created_at,
+        )
+
+
+@dataclass
+class _BodyGuard:
+    """Passes body chunks through, stopping at ``limit`` bytes and hashing them."""
+
+    limit: int
+    checksum: protocol.Checksum | None
+    received: int = 0
+    overflow: bool = False
+
+    def __post_init__(self) -> None:
+        self.hasher = self.checksum.hasher() if self.checksum else None
+
+    def wrap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            room = self.limit - self.received
+            if len(chunk) > room:
+                # Store exactly up to the limit, then refuse the rest.
+                self.overflow = True
+                chunk = chunk[:room]
+            if chunk:
+                self.received += len(chunk)
+                if self.hasher is not None:
+                    self.hasher.update(chunk)
+                yield chunk
+            if self.overflow:
+                return
+
+    @property
+    def verified(self) -> bool:
+        if self.checksum is None or self.hasher is None:
+            return True
+        return bool(self.hasher.digest() == self.checksum.digest) and not self.overflow
+
+
+class UploadService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: UploadStore,
+        locker: Locker,
+        limits: Limits,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        new_id: Callable[[], str] = new_upload_id,
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.locker = locker
+        self.limits = limits
+        self.clock = clock
+        self.new_id = new_id
+
+    # -- creation ---------------------------------------------------------------------
+
+    def create(self, length: int | None, metadata: dict[str, bytes | None]) -> UploadInfo:
+        """Register a new upload (``length`` None: deferred) with an empty data file."""
+        if length is not None and length > self.limits.max_size:
+            raise UploadTooLarge(f"Upload-Length exceeds the maximum size {self.limits.max_size}")
+        upload_id = self.new_id()
+        now = self.clock()
+        # Data first: a row never exists without its file. A full disk fails here,
+        # before anything is registered.
+        self.store.create(upload_id)
+        row = Upload(
+            id=upload_id,
+            state=UploadState.COMPLETED if length == 0 else UploadState.ACTIVE,
+            length=length,
+            offset=0,
+            upload_metadata=protocol.format_metadata(metadata),
+            verifying=False,
+            created_at=now,
+            updated_at=now,
+            expires_at=None if length == 0 else now + self.limits.expire_after,
+            completed_at=now if length == 0 else None,
+        )
+        try:
+            with self.sessions.begin() as session:
+                session.add(row)
+        except BaseException:
+            self.store.delete(upload_id)
+            raise
+        log.info("upload %s created (length %s)", upload_id, length)
+        return UploadInfo.of(row)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def info(self, upload_id: str) -> UploadInfo:
+        """The upload as stored, reconciled with its data file under the lock."""
+        with self._locked(upload_id), self.sessions.begin() as session:
+            return UploadInfo.of(self._load(session, upload_id))
+
+    # -- writes -----------------------------------------------------------------------
+
+    def append(
+        self,
+        upload_id: str,
+        offset: int,
+        chunks: Iterable[bytes],
+        *,
+        content_length: int | None = None,
+        length: int | None = None,
+        checksum: protocol.Checksum | None = None,
+    ) -> UploadInfo:
+        """Write a PATCH body at ``offset``.
+
+        ``content_length`` is the announced body size (None for chunked bodies);
+        ``length`` is an ``Upload-Length`` declared now for a deferred upload.
+        Every byte that lands is recorded, whatever happens to the request; a checksum
+        that doesn't match discards the whole body.
+        """
+        with self._locked(upload_id):
+            with self.sessions.begin() as session:
+                row = self._load(session, upload_id)
+                if row.offset != offset:
+                    raise OffsetMismatch(
+                        f"Upload-Offset {offset} does not match the upload's offset {row.offset}"
+                    )
+                if length is not None:
+                    self._declare_length(row, length)
+                if row.state is UploadState.COMPLETED and content_length:
+                    raise UploadTooLarge("the upload is already complete", offset=row.offset)
+                limit = (row.length if row.length is not None else self.limits.max_size) - offset
+                if content_length is not None and content_length > limit:
+                    raise UploadTooLarge(
+                        f"body of {content_length} bytes exceeds the {limit} bytes remaining"
+                    )
+                if length is not None:
+                    row.updated_at = self.clock()
+                    self._mark_complete_if_done(row)
+                row.verifying = checksum is not None
+                before = UploadInfo.of(row)
+            if before.complete:
+                return before
+            guard = _BodyGuard(limit, checksum)
+            try:
+                self.store.append(upload_id, offset, guard.wrap(chunks))
+            except TusError as error:
+                info = self._record_write(upload_id, offset, verified=checksum is None)
+                error.offset = info.offset
+                raise
+            except BaseException:
+                self._record_write(upload_id, offset, verified=checksum is None)
+                raise
+            if not guard.verified:
+                info = self._record_write(upload_id, offset, verified=False)
+                if guard.overflow:
+                    raise UploadTooLarge("body exceeds Upload-Length", offset=info.offset)
+                raise ChecksumMismatch(offset=info.offset)
+            info = self._record_write(upload_id, offset, verified=True)
+            if content_length is not None and guard.received < content_length:
+                # The body ended before Content-Length: the client went away. What came
+                # is stored and recorded; tell it (if it still listens) where to resume.
+                raise BodyIncomplete(offset=info.offset)
+            if guard.overflow:
+                raise UploadTooLarge("body passes Upload-Length; kept up to it", offset=info.offset)
+            return info
+
+    def terminate(self, upload_id: str) -> None:
+        """Delete the upload's data; its row stays as a tombstone answering 410."""
+        with self._locked(upload_id):
+            with self.sessions.begin() as session:
+                row = self._load(session, upload_id, reconcile=False)
+                row.state = UploadState.TERMINATED
+                row.expires_at = None
+                row.updated_at = self.clock()
+            self.store.delete(upload_id)
+            self.locker.forget(upload_id)
+        log.info("upload %s terminated", upload_id)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _locked(self, upload_id: str) -> AbstractContextManager[None]:
+        if not _VALID_ID.fullmatch(upload_id):
+            # Never a path: only ids we could have made reach storage and locks.
+            raise UploadNotFound()
+        return self.locker.hold(upload_id, timeout=self.limits.lock_timeout)
+
+    def _load(self, session: Session, upload_id: str, *, reconcile: bool = True) -> Upload:
+        row = session.get(Upload, upload_id)
+        if row is None:
+            raise UploadNotFound()
+        if row.state in (UploadState.TERMINATED, UploadState.EXPIRED):
+            raise UploadGone()
+        now = self.clock()
+        if row.state is UploadState.ACTIVE and row.expires_at and row.expires_at <= now:
+            raise UploadGone("upload expired")
+        if reconcile:
+            self._reconcile(row)
+        return row
+
+    def _reconcile(self, row: Upload) -> None:
+        """Make the row agree with the data file after a crash between write and record.
+
+        Called under the lock. The file is the truth for bytes that landed, except bytes
+        of a checksummed PATCH that never got its verdict: those are dropped.
+        """
+        size = self.store.size(row.id)
+        if size is None:
+            raise UploadGone("upload data is missing")
+        if row.verifying:
+            if size != row.offset:
+                self.store.truncate(row.id, row.offset)
+            row.verifying = False
+            return
+        if size == row.offset:
+            return
+        if row.length is not None and size > row.length:
+            self.store.truncate(row.id, row.length)
+            size = row.length
+        log.warning("upload %s: registry had %d bytes, file %d; fixed", row.id, row.offset, size)
+        row.offset = size
+        self._mark_complete_if_done(row)
+
+    def _declare_length(self, row: Upload, length: int) -> None:
+        if row.length is not None:
+            if row.length != length:
+                raise InvalidHeader("Upload-Length can't change once set")
+            return
+        if length > self.limits.max_size:
+            raise UploadTooLarge(f"Upload-Length exceeds the maximum size {self.limits.max_size}")
+        if length < row.offset:
+            raise InvalidHeader("Upload-Length is below the upload's offset")
+        row.length = length
+
+    def _mark_complete_if_done(self, row: Upload) -> None:
+        now = self.clock()
+        if row.length is not None and row.offset >= row.length:
+            row.state = UploadState.COMPLETED
+            row.completed_at = now
+            row.expires_at = None
+            log.info("upload %s completed (%d bytes)", row.id, row.offset)
+        else:
+            row.expires_at = now + self.limits.expire_after
+
+    def _record_write(self, upload_id: str, start: int, *, verified: bool) -> UploadInfo:
+        """Record what a write left in the store (a short transaction of its own)."""
+        if not verified:
+            self.store.truncate(upload_id, start)
+        size = self.store.size(upload_id)
+        with self.sessions.begin() as session:
+            row = session.get(Upload, upload_id)
+            if row is None:
+                raise UploadNotFound()
+            row.offset = start if size is None else size
+            row.verifying = False
+            row.updated_at = self.clock()
+            self._mark_complete_if_done(row)
+            return UploadInfo.of(row)

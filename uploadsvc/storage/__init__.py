@@ -1,0 +1,34 @@
+"""Where upload bytes live. The registry, not the store, says what they mean."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import BinaryIO, Protocol
+
+
+class UploadStore(Protocol):
+    """Byte storage for uploads, addressed by upload id.
+
+    ``append`` writes whatever arrives before an error and makes it durable before it
+    returns or re-raises; callers then ask ``size`` for the truth.
+    """
+
+    def create(self, upload_id: str) -> None: ...
+
+    def append(self, upload_id: str, offset: int, chunks: Iterable[bytes]) -> int:
+        """Write ``chunks`` at ``offset``; return the new size."""
+        ...
+
+    def size(self, upload_id: str) -> int | None:
+        """Bytes stored, or ``None`` when the upload has no data."""
+        ...
+
+    def truncate(self, upload_id: str, size: int) -> None:
+        """Drop everything past ``size`` (unverified or excess bytes)."""
+        ...
+
+    def open(self, upload_id: str) -> BinaryIO: ...
+
+    def delete(self, upload_id: str) -> None:
+        """Remove the data; idempotent."""
+        ...
