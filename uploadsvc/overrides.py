@@ -16,9 +16,7 @@ class MethodOverride:
     def __init__(self, app: WSGIApplication) -> None:
         self.app = app
 
-    def __call__(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", "").strip().upper()
         if method in ALLOWED_METHODS:
             environ["REQUEST_METHOD"] = method

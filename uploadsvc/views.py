@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as ResponseBase
 
 from . import body, protocol
-from .errors import TusError, UnsupportedVersion
+from .errors import TusError, UnsupportedVersion, UploadTooLarge
 from .service import UploadInfo, UploadService
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ def create() -> Response:
         request.environ
     )
     checksum = protocol.parse_checksum(headers.get("Upload-Checksum")) if with_upload else None
+    first_part = body.content_length(request.environ) if with_upload else None
+    if length is not None and first_part is not None and first_part > length:
+        raise UploadTooLarge("the body is longer than Upload-Length")
     svc = service()
     info = svc.create(length, metadata)
     location = url_for("tus.upload", upload_id=info.id, _external=True)
