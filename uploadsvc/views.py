@@ -56,9 +56,8 @@ def create() -> Response:
         headers.get("Upload-Length"), headers.get("Upload-Defer-Length")
     )
     metadata = protocol.parse_metadata(headers.get("Upload-Metadata"))
-    with_upload = protocol.is_offset_content_type(headers.get("Content-Type")) and body.has_body(
-        request.environ
-    )
+    # creation-with-upload: the content type says so, even for an empty body.
+    with_upload = protocol.is_offset_content_type(headers.get("Content-Type"))
     checksum = protocol.parse_checksum(headers.get("Upload-Checksum")) if with_upload else None
     first_part = body.content_length(request.environ) if with_upload else None
     if length is not None and first_part is not None and first_part > length:
