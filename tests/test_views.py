@@ -66,6 +66,8 @@ def test_options_advertises_what_works(client: FlaskClient) -> None:
             "termination",
             "expiration",
             "checksum",
+            "concatenation",
+            "concatenation-unfinished",
         ]
         assert response.headers["Tus-Max-Size"] == "1000"
         assert response.headers["Tus-Checksum-Algorithm"] == "sha1,md5,sha256,sha512"

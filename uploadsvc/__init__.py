@@ -12,8 +12,9 @@ from datetime import timedelta
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import db
+from . import cli, db
 from .config import Settings
 from .locking.filelock import FileLocker
 from .overrides import MethodOverride
@@ -31,6 +32,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["UPLOADSVC_SETTINGS"] = settings
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        # Alembic announces its dialect at every start: under cron (`flask cleanup`) that
+        # would be mail every run. Its warnings and errors still show.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = db.make_engine(settings.database_url)
@@ -49,5 +53,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from . import views
 
     app.register_blueprint(views.bp)
+    cli.init_app(app)
     app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
+    if settings.proxy_hops:
+        # Trust X-Forwarded-* only from as many proxies as the operator says are there.
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
+        )
     return app

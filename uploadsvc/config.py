@@ -7,6 +7,7 @@ A bad value raises ``ConfigError`` whose message is one line naming the variable
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,15 @@ DEFAULT_EXPIRE_AFTER = 24 * 60 * 60
 # retries 423 after 0, 1, 3 and 5 s, so a few seconds is plenty.
 DEFAULT_LOCK_TIMEOUT = 3.0
 DEFAULT_DATA_DIR = "var"
+# Seconds a PATCH body may go without a single byte before the request ends (bytes
+# kept): a client that vanished without closing its connection frees its thread.
+DEFAULT_READ_TIMEOUT = 60.0
+# Expired and terminated uploads stay as tombstones (their URLs answer 410, not 404) for
+# a week, so a client back from a long absence learns its upload is gone, not unknown.
+DEFAULT_TOMBSTONE_TTL = 7 * 24 * 60 * 60
+# service.create writes the data file before it inserts the row, and the insert may wait
+# for SQLite's writer: a young file without a row is normal. An hour is far beyond that.
+DEFAULT_ORPHAN_GRACE = 60 * 60
 
 
 class ConfigError(ValueError):
@@ -40,6 +50,17 @@ class Settings:
     # fsync data before acknowledging a PATCH. Turning it off trades durability across
     # power loss for speed; a process crash still loses nothing.
     fsync: bool = True
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    # Origins allowed to upload from browsers: exact "scheme://host[:port]" or "*".
+    cors_origins: tuple[str, ...] = ()
+    # How many proxies in front set X-Forwarded-*; 0 trusts none of those headers.
+    proxy_hops: int = 0
+    # Cleanup (``flask cleanup``): seconds a tombstone answers 410 before its row goes,
+    # seconds a row-less file must be old before it counts as an orphan, and seconds a
+    # completed upload is kept after completion (None: forever).
+    tombstone_ttl: int = DEFAULT_TOMBSTONE_TTL
+    orphan_grace: int = DEFAULT_ORPHAN_GRACE
+    keep_completed: int | None = None
 
     @property
     def files_dir(self) -> Path:
@@ -63,6 +84,12 @@ class Settings:
             expire_after=_positive_int(values, "EXPIRE_AFTER", DEFAULT_EXPIRE_AFTER),
             lock_timeout=_positive_float(values, "LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
             fsync=_boolean(values, "FSYNC", True),
+            read_timeout=_positive_float(values, "READ_TIMEOUT", DEFAULT_READ_TIMEOUT),
+            cors_origins=_origins(values, "CORS_ORIGINS"),
+            proxy_hops=_non_negative_int(values, "PROXY_HOPS", 0),
+            tombstone_ttl=_positive_int(values, "TOMBSTONE_TTL", DEFAULT_TOMBSTONE_TTL),
+            orphan_grace=_positive_int(values, "ORPHAN_GRACE", DEFAULT_ORPHAN_GRACE),
+            keep_completed=_optional_positive_int(values, "KEEP_COMPLETED"),
         )
 
     @classmethod
@@ -79,6 +106,13 @@ def _raw(values: Mapping[str, Any], name: str) -> Any:
 
 
 def _positive_int(values: Mapping[str, Any], name: str, default: int) -> int:
+    number = _non_negative_int(values, name, default)
+    if number == 0:
+        raise ConfigError(f"{PREFIX}{name}: must be positive, got 0")
+    return number
+
+
+def _non_negative_int(values: Mapping[str, Any], name: str, default: int) -> int:
     value = _raw(values, name)
     if value is None:
         return default
@@ -86,9 +120,30 @@ def _positive_int(values: Mapping[str, Any], name: str, default: int) -> int:
         number = int(str(value).strip())
     except ValueError:
         raise ConfigError(f"{PREFIX}{name}: {value!r} is not an integer") from None
-    if number <= 0:
-        raise ConfigError(f"{PREFIX}{name}: must be positive, got {number}")
+    if number < 0:
+        raise ConfigError(f"{PREFIX}{name}: must not be negative, got {number}")
     return number
+
+
+_ORIGIN = re.compile(r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+
+
+def _origins(values: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = _raw(values, name)
+    if value is None:
+        return ()
+    origins = tuple(item.strip().rstrip("/") for item in str(value).split(",") if item.strip())
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(f"{PREFIX}{name}: {origin!r} is not '*' or scheme://host[:port]")
+    return origins
+
+
+def _optional_positive_int(values: Mapping[str, Any], name: str) -> int | None:
+    """A positive integer, or None when the variable is unset or empty."""
+    if _raw(values, name) is None:
+        return None
+    return _positive_int(values, name, 0)
 
 
 def _positive_float(values: Mapping[str, Any], name: str, default: float) -> float:

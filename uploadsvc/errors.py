@@ -7,7 +7,7 @@ Everything below the views raises one of these; the views render them in one pla
       UnsupportedVersion 412   InvalidHeader 400       UnsupportedMediaType 415
       UploadNotFound 404       UploadGone 410          OffsetMismatch 409
       UploadTooLarge 413       UploadLocked 423        ChecksumMismatch 460
-      BodyIncomplete 400       InsufficientStorage 507
+      BodyIncomplete 400       InsufficientStorage 507 Forbidden 403
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ class BodyIncomplete(TusError):
     """The client stopped sending before the body it announced was complete."""
 
     status, reason, message = 400, "Bad Request", "request body ended early"
+
+
+class Forbidden(TusError):
+    status, reason, message = 403, "Forbidden", "not allowed on this upload"
 
 
 class UploadNotFound(TusError):

@@ -5,7 +5,17 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Enum, String, Text, TypeDecorator
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -34,6 +44,13 @@ class UploadState(enum.StrEnum):
     EXPIRED = "expired"  # tombstone after expiry cleanup: answers 410
 
 
+class Concat(enum.StrEnum):
+    """The concatenation role of an upload (None: an ordinary upload)."""
+
+    PARTIAL = "partial"
+    FINAL = "final"
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -59,3 +76,19 @@ class Upload(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    concat: Mapped[Concat | None] = mapped_column(
+        Enum(Concat, native_enum=False, length=8, validate_strings=True)
+    )
+
+
+class UploadPart(Base):
+    """One partial upload of a final (concatenated) upload, in order."""
+
+    __tablename__ = "upload_parts"
+
+    final_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # No foreign key: a final keeps naming its parts after a partial's row is purged.
+    partial_id: Mapped[str] = mapped_column(String(32), index=True)

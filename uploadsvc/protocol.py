@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 from .errors import InvalidHeader, UnsupportedMediaType, UnsupportedVersion
 
@@ -26,6 +27,8 @@ OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 # keeps hostile input from turning into large integers or long loops.
 MAX_NUMBER_DIGITS = 64
 MAX_METADATA_BYTES = 8 * 1024
+# More partials than any client sends in parallel; bounds the work one POST can cause.
+MAX_CONCAT_PARTS = 256
 
 CHECKSUM_ALGORITHMS: Mapping[str, Callable[[], Any]] = {
     "sha1": hashlib.sha1,
@@ -38,6 +41,7 @@ _DIGITS = re.compile(r"[0-9]+")
 # A metadata key: printable ASCII without space or comma (the pair separators).
 _METADATA_KEY = re.compile(r"[!-+\--~]+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,49 @@ def parse_checksum(value: str | None) -> Checksum | None:
     if len(digest) != CHECKSUM_ALGORITHMS[algorithm]().digest_size:
         raise InvalidHeader("Upload-Checksum digest has the wrong length")
     return Checksum(algorithm, digest)
+
+
+@dataclass(frozen=True)
+class ConcatRequest:
+    """An ``Upload-Concat`` header: ``partial``, or ``final`` with its partials' URLs."""
+
+    final: bool
+    urls: tuple[str, ...] = ()
+
+
+def parse_concat(value: str | None) -> ConcatRequest | None:
+    """``Upload-Concat: partial`` or ``Upload-Concat: final;<url> <url> ...``."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text == "partial":
+        return ConcatRequest(final=False)
+    kind, _, rest = text.partition(";")
+    urls = tuple(rest.split())
+    if kind.strip() != "final" or not urls:
+        raise InvalidHeader("Upload-Concat must be 'partial' or 'final;<url> <url> ...'")
+    if len(urls) > MAX_CONCAT_PARTS:
+        raise InvalidHeader(f"Upload-Concat names more than {MAX_CONCAT_PARTS} partial uploads")
+    return ConcatRequest(final=True, urls=urls)
+
+
+def upload_id_from_url(url: str, request_url: str, files_url: str) -> str | None:
+    """The upload id an ``Upload-Concat`` URL names, if it is an upload of this server.
+
+    ``url`` may be absolute or relative to ``request_url``; it must then sit directly
+    under ``files_url`` (this server's ``.../files/``, scheme and host included), so a
+    URL of another host is never followed: the server makes no outbound requests.
+    """
+    absolute = urljoin(request_url, url)
+    base = urlsplit(files_url)
+    target = urlsplit(absolute)
+    if (target.scheme, target.netloc.lower()) != (base.scheme, base.netloc.lower()):
+        return None
+    prefix = base.path.rstrip("/") + "/"
+    if target.query or target.fragment or not target.path.startswith(prefix):
+        return None
+    upload_id = target.path[len(prefix) :]
+    return upload_id if _UPLOAD_ID.fullmatch(upload_id) else None
 
 
 def require_offset_content_type(value: str | None) -> None:

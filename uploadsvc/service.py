@@ -15,22 +15,26 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import BinaryIO
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import protocol
 from .errors import (
     BodyIncomplete,
     ChecksumMismatch,
+    Forbidden,
     InvalidHeader,
     OffsetMismatch,
     TusError,
     UploadGone,
+    UploadLocked,
     UploadNotFound,
     UploadTooLarge,
 )
 from .locking import Locker
-from .models import Upload, UploadState
+from .models import Concat, Upload, UploadPart, UploadState
 from .storage import UploadStore
 
 log = logging.getLogger(__name__)
@@ -64,13 +68,16 @@ class UploadInfo:
     metadata: str  # canonical Upload-Metadata header value
     expires_at: datetime | None
     created_at: datetime
+    completed_at: datetime | None = None
+    concat: Concat | None = None
+    parts: tuple[str, ...] = ()  # a final upload's partial upload ids, in order
 
     @property
     def complete(self) -> bool:
         return self.state is UploadState.COMPLETED
 
     @classmethod
-    def of(cls, row: Upload) -> UploadInfo:
+    def of(cls, row: Upload, parts: tuple[str, ...] = ()) -> UploadInfo:
         return cls(
             id=row.id,
             state=row.state,
@@ -79,6 +86,9 @@ class UploadInfo:
             metadata=row.upload_metadata,
             expires_at=row.expires_at,
             created_at=row.created_at,
+            completed_at=row.completed_at,
+            concat=row.concat,
+            parts=parts,
         )
 
 
@@ -136,42 +146,119 @@ class UploadService:
 
     # -- creation ---------------------------------------------------------------------
 
-    def create(self, length: int | None, metadata: dict[str, bytes | None]) -> UploadInfo:
-        """Register a new upload (``length`` None: deferred) with an empty data file."""
+    def create(
+        self, length: int | None, metadata: dict[str, bytes | None], *, partial: bool = False
+    ) -> UploadInfo:
+        """Register a new upload (``length`` None: deferred) with an empty data file;
+        ``partial``: it is meant to be concatenated into a final upload."""
+        self._check_size(length)
+        row = self._new_row(length, metadata, Concat.PARTIAL if partial else None)
+        self._register(row)
+        log.info("upload %s created (length %s)", row.id, length)
+        return UploadInfo.of(row)
+
+    def create_final(self, partial_ids: list[str], metadata: dict[str, bytes | None]) -> UploadInfo:
+        """Register a final upload made of ``partial_ids`` (concatenation).
+
+        The partials may still be unfinished (concatenation-unfinished): the final
+        completes when the last of them does.
+        """
+        if len(set(partial_ids)) != len(partial_ids):
+            raise InvalidHeader("Upload-Concat names a partial upload twice")
+        with self.sessions.begin() as session:
+            lengths = [self._partial_length(session, partial_id) for partial_id in partial_ids]
+        length = sum(lengths)
+        self._check_size(length)
+        row = self._new_row(length, metadata, Concat.FINAL)
+        self._register(
+            row,
+            [
+                UploadPart(final_id=row.id, position=position, partial_id=partial_id)
+                for position, partial_id in enumerate(partial_ids)
+            ],
+        )
+        log.info("final upload %s created from %d partials", row.id, len(partial_ids))
+        with self._locked(row.id):
+            return self._assemble(row.id)
+
+    def _partial_length(self, session: Session, partial_id: str) -> int:
+        partial = session.get(Upload, partial_id)
+        if partial is None:
+            raise UploadNotFound(f"partial upload {partial_id} not found")
+        if partial.state in (UploadState.TERMINATED, UploadState.EXPIRED):
+            raise UploadGone(f"partial upload {partial_id} expired or terminated")
+        if partial.concat is not Concat.PARTIAL:
+            raise InvalidHeader(f"upload {partial_id} is not a partial upload")
+        if partial.length is None:
+            raise InvalidHeader(f"partial upload {partial_id} has no length yet")
+        return partial.length
+
+    def _check_size(self, length: int | None) -> None:
         if length is not None and length > self.limits.max_size:
             raise UploadTooLarge(f"Upload-Length exceeds the maximum size {self.limits.max_size}")
-        upload_id = self.new_id()
+
+    def _new_row(
+        self, length: int | None, metadata: dict[str, bytes | None], concat: Concat | None
+    ) -> Upload:
         now = self.clock()
-        # Data first: a row never exists without its file. A full disk fails here,
-        # before anything is registered.
-        self.store.create(upload_id)
-        row = Upload(
-            id=upload_id,
-            state=UploadState.COMPLETED if length == 0 else UploadState.ACTIVE,
+        done = length == 0 and concat is not Concat.FINAL
+        return Upload(
+            id=self.new_id(),
+            state=UploadState.COMPLETED if done else UploadState.ACTIVE,
             length=length,
             offset=0,
             upload_metadata=protocol.format_metadata(metadata),
             verifying=False,
             created_at=now,
             updated_at=now,
-            expires_at=None if length == 0 else now + self.limits.expire_after,
-            completed_at=now if length == 0 else None,
+            expires_at=None if done else now + self.limits.expire_after,
+            completed_at=now if done else None,
+            concat=concat,
         )
+
+    def _register(self, row: Upload, parts: Iterable[UploadPart] = ()) -> None:
+        upload_id = row.id
+        # Data first: a row never exists without its file. A full disk fails here,
+        # before anything is registered.
+        self.store.create(upload_id)
         try:
             with self.sessions.begin() as session:
                 session.add(row)
+                session.flush()  # the upload row before its parts (foreign key)
+                session.add_all(parts)
         except BaseException:
             self.store.delete(upload_id)
             raise
-        log.info("upload %s created (length %s)", upload_id, length)
-        return UploadInfo.of(row)
 
     # -- reads ------------------------------------------------------------------------
 
     def info(self, upload_id: str) -> UploadInfo:
         """The upload as stored, reconciled with its data file under the lock."""
-        with self._locked(upload_id), self.sessions.begin() as session:
-            return UploadInfo.of(self._load(session, upload_id))
+        with self._locked(upload_id):
+            with self.sessions.begin() as session:
+                row = self._load(session, upload_id)
+                info = UploadInfo.of(row, self._parts(session, row))
+            if info.concat is Concat.FINAL and not info.complete:
+                return self._assemble(upload_id)
+            return info
+
+    def download(self, upload_id: str) -> tuple[UploadInfo, BinaryIO]:
+        """A completed upload and its bytes, opened for reading.
+
+        No lock: a completed upload's bytes never change, and an open file survives a
+        concurrent DELETE.
+        """
+        if not _VALID_ID.fullmatch(upload_id):
+            raise UploadNotFound()
+        with self.sessions.begin() as session:
+            row = self._load(session, upload_id, reconcile=False)
+            info = UploadInfo.of(row)
+        if not info.complete:
+            raise UploadNotFound("upload not complete yet")
+        try:
+            return info, self.store.open(upload_id)
+        except FileNotFoundError:
+            raise UploadGone("upload data is missing") from None
 
     # -- writes -----------------------------------------------------------------------
 
@@ -195,6 +282,8 @@ class UploadService:
         with self._locked(upload_id):
             with self.sessions.begin() as session:
                 row = self._load(session, upload_id)
+                if row.concat is Concat.FINAL:
+                    raise Forbidden("a final upload is made by concatenation, not PATCH")
                 if row.offset != offset:
                     raise OffsetMismatch(
                         f"Upload-Offset {offset} does not match the upload's offset {row.offset}"
@@ -237,7 +326,9 @@ class UploadService:
                 raise BodyIncomplete(offset=info.offset)
             if guard.overflow:
                 raise UploadTooLarge("body passes Upload-Length; kept up to it", offset=info.offset)
-            return info
+        if info.complete and info.concat is Concat.PARTIAL:
+            self._complete_finals_of(upload_id)
+        return info
 
     def terminate(self, upload_id: str) -> None:
         """Delete the upload's data; its row stays as a tombstone answering 410."""
@@ -252,6 +343,49 @@ class UploadService:
         log.info("upload %s terminated", upload_id)
 
     # -- internals --------------------------------------------------------------------
+
+    def _parts(self, session: Session, row: Upload) -> tuple[str, ...]:
+        if row.concat is not Concat.FINAL:
+            return ()
+        query = (
+            select(UploadPart.partial_id)
+            .where(UploadPart.final_id == row.id)
+            .order_by(UploadPart.position)
+        )
+        return tuple(session.scalars(query))
+
+    def _assemble(self, final_id: str) -> UploadInfo:
+        """Complete a final upload once all its partials are complete (lock held)."""
+        with self.sessions.begin() as session:
+            row = self._load(session, final_id, reconcile=False)
+            parts = self._parts(session, row)
+            info = UploadInfo.of(row, parts)
+            if info.complete:
+                return info
+            for partial_id in parts:
+                partial = session.get(Upload, partial_id)
+                if partial is None or partial.state is not UploadState.COMPLETED:
+                    return info
+        # The copy runs outside any transaction; the final's lock keeps it ours.
+        self.store.compose(final_id, parts)
+        with self.sessions.begin() as session:
+            row = self._load(session, final_id, reconcile=False)
+            row.offset = row.length or 0
+            row.updated_at = self.clock()
+            self._mark_complete_if_done(row)
+            return UploadInfo.of(row, parts)
+
+    def _complete_finals_of(self, partial_id: str) -> None:
+        with self.sessions.begin() as session:
+            query = select(UploadPart.final_id).where(UploadPart.partial_id == partial_id)
+            final_ids = list(dict.fromkeys(session.scalars(query)))
+        for final_id in final_ids:
+            try:
+                with self._locked(final_id):
+                    self._assemble(final_id)
+            except (UploadLocked, UploadGone, UploadNotFound):
+                # Busy or gone: the next HEAD on the final assembles it if still due.
+                continue
 
     def _locked(self, upload_id: str) -> AbstractContextManager[None]:
         if not _VALID_ID.fullmatch(upload_id):

@@ -8,9 +8,12 @@ from typing import cast
 from flask import Blueprint, Response, current_app, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as ResponseBase
+from werkzeug.wsgi import wrap_file
 
-from . import body, protocol
-from .errors import TusError, UnsupportedVersion, UploadTooLarge
+from . import body, cors, downloads, protocol
+from .config import Settings
+from .errors import InvalidHeader, TusError, UnsupportedVersion, UploadTooLarge
+from .models import Concat
 from .service import UploadInfo, UploadService
 
 log = logging.getLogger(__name__)
@@ -24,17 +27,25 @@ EXTENSIONS = (
     "termination",
     "expiration",
     "checksum",
+    "concatenation",
+    "concatenation-unfinished",
 )
+# Requests a browser makes without tus headers: preflights and plain downloads.
+NO_TUS_HEADER_METHODS = frozenset({"OPTIONS", "GET"})
 
 
 def service() -> UploadService:
     return cast(UploadService, current_app.extensions["uploadsvc"])
 
 
+def settings() -> Settings:
+    return cast(Settings, current_app.config["UPLOADSVC_SETTINGS"])
+
+
 @bp.before_request
 def require_tus_version() -> None:
     # Before anything else, and so before a byte of body is read.
-    if request.method != "OPTIONS":
+    if request.method not in NO_TUS_HEADER_METHODS:
         protocol.require_tus_resumable(request.headers.get("Tus-Resumable"))
 
 
@@ -52,30 +63,34 @@ def options(upload_id: str | None = None) -> Response:
 @bp.route("", methods=["POST"], strict_slashes=False)
 def create() -> Response:
     headers = request.headers
+    metadata = protocol.parse_metadata(headers.get("Upload-Metadata"))
+    concat = protocol.parse_concat(headers.get("Upload-Concat"))
+    svc = service()
+    if concat is not None and concat.final:
+        if "Upload-Length" in headers or "Upload-Defer-Length" in headers:
+            raise InvalidHeader("a final upload's length is computed: send no Upload-Length")
+        info = svc.create_final([_partial_id(url) for url in concat.urls], metadata)
+        return _created(info)
     length = protocol.parse_creation_length(
         headers.get("Upload-Length"), headers.get("Upload-Defer-Length")
     )
-    metadata = protocol.parse_metadata(headers.get("Upload-Metadata"))
     # creation-with-upload: the content type says so, even for an empty body.
     with_upload = protocol.is_offset_content_type(headers.get("Content-Type"))
     checksum = protocol.parse_checksum(headers.get("Upload-Checksum")) if with_upload else None
     first_part = body.content_length(request.environ) if with_upload else None
     if length is not None and first_part is not None and first_part > length:
         raise UploadTooLarge("the body is longer than Upload-Length")
-    svc = service()
-    info = svc.create(length, metadata)
-    location = url_for("tus.upload", upload_id=info.id, _external=True)
-    if with_upload:
-        try:
-            info = _append(svc, info.id, 0, checksum)
-        except TusError as error:
-            response = _error_response(error)
-            response.headers["Location"] = location
-            return response
-    response = _upload_response(info, 201)
-    response.headers["Location"] = location
-    if with_upload:
-        response.headers["Upload-Offset"] = str(info.offset)
+    info = svc.create(length, metadata, partial=concat is not None)
+    if not with_upload:
+        return _created(info)
+    try:
+        info = _append(svc, info.id, 0, checksum)
+    except TusError as error:
+        response = _error_response(error)
+        response.headers["Location"] = _location(info.id)
+        return response
+    response = _created(info)
+    response.headers["Upload-Offset"] = str(info.offset)
     return response
 
 
@@ -83,15 +98,48 @@ def create() -> Response:
 def head(upload_id: str) -> Response:
     info = service().info(upload_id)
     response = _upload_response(info, 200)
-    response.headers["Upload-Offset"] = str(info.offset)
+    # An unfinished final upload has no offset of its own (concatenation-unfinished).
+    if info.concat is not Concat.FINAL or info.complete:
+        response.headers["Upload-Offset"] = str(info.offset)
     if info.length is None:
         response.headers["Upload-Defer-Length"] = "1"
     else:
         response.headers["Upload-Length"] = str(info.length)
     if info.metadata:
         response.headers["Upload-Metadata"] = info.metadata
+    if info.concat is Concat.PARTIAL:
+        response.headers["Upload-Concat"] = "partial"
+    elif info.concat is Concat.FINAL:
+        response.headers["Upload-Concat"] = "final;" + " ".join(map(_location, info.parts))
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+@bp.route("/<upload_id>", methods=["GET"])
+def download(upload_id: str) -> ResponseBase:
+    info, file = service().download(upload_id)
+    metadata = protocol.parse_metadata(info.metadata)
+    mimetype, inline = downloads.content_type(metadata.get("filetype"))
+    response = Response(
+        wrap_file(request.environ, file), content_type=mimetype, direct_passthrough=True
+    )
+    response.content_length = info.offset
+    response.headers["Content-Disposition"] = downloads.content_disposition(
+        metadata.get("filename"), inline
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    # Even an allowed type never runs scripts or loads anything in our origin.
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response.set_etag(f"{info.id}-{info.offset}")  # a completed upload never changes
+    response.last_modified = info.completed_at
+    response.cache_control.no_cache = True
+    try:
+        return response.make_conditional(
+            request.environ, accept_ranges=True, complete_length=info.offset
+        )
+    except HTTPException:
+        file.close()
+        raise
 
 
 @bp.route("/<upload_id>", methods=["PATCH"])
@@ -100,7 +148,7 @@ def patch(upload_id: str) -> Response:
     protocol.require_offset_content_type(headers.get("Content-Type"))
     offset = protocol.parse_uint(headers.get("Upload-Offset"), "Upload-Offset")
     if offset is None:
-        raise TusError("Upload-Offset is required")
+        raise InvalidHeader("Upload-Offset is required")
     checksum = protocol.parse_checksum(headers.get("Upload-Checksum"))
     length = protocol.parse_uint(headers.get("Upload-Length"), "Upload-Length")
     info = _append(service(), upload_id, offset, checksum, length)
@@ -132,6 +180,17 @@ def _append(
     )
 
 
+def _location(upload_id: str) -> str:
+    return url_for("tus.upload", upload_id=upload_id, _external=True)
+
+
+def _partial_id(url: str) -> str:
+    upload_id = protocol.upload_id_from_url(url, request.url, url_for("tus.create", _external=True))
+    if upload_id is None:
+        raise InvalidHeader(f"Upload-Concat: {url[:200]!r} is not an upload of this server")
+    return upload_id
+
+
 def _empty(status: int) -> Response:
     response = Response(status=status)
     del response.headers["Content-Type"]
@@ -142,6 +201,12 @@ def _upload_response(info: UploadInfo, status: int) -> Response:
     response = _empty(status)
     if info.expires_at is not None:
         response.headers["Upload-Expires"] = protocol.format_http_date(info.expires_at)
+    return response
+
+
+def _created(info: UploadInfo) -> Response:
+    response = _upload_response(info, 201)
+    response.headers["Location"] = _location(info.id)
     return response
 
 
@@ -179,6 +244,14 @@ def _error_response(error: TusError) -> Response:
 
 
 @bp.after_app_request
-def add_tus_resumable(response: Response) -> Response:
+def add_common_headers(response: ResponseBase) -> ResponseBase:
     response.headers["Tus-Resumable"] = protocol.TUS_VERSION
+    response.headers.update(
+        cors.cors_headers(
+            request.headers.get("Origin"),
+            request.method,
+            "Access-Control-Request-Method" in request.headers,
+            settings().cors_origins,
+        )
+    )
     return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import BinaryIO, Protocol
 
 
@@ -27,8 +28,19 @@ class UploadStore(Protocol):
         """Drop everything past ``size`` (unverified or excess bytes)."""
         ...
 
+    def compose(self, upload_id: str, source_ids: Iterable[str]) -> None:
+        """Fill ``upload_id`` with the sources' bytes, in order (concatenation)."""
+        ...
+
     def open(self, upload_id: str) -> BinaryIO: ...
 
     def delete(self, upload_id: str) -> None:
         """Remove the data; idempotent."""
+        ...
+
+    def scan(self) -> list[tuple[str, datetime]]:
+        """Every upload id that has data, with when its data last changed (aware UTC).
+
+        For cleanup, which finds data the registry no longer knows.
+        """
         ...

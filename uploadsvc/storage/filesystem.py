@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import stat
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import InsufficientStorage
+
+COPY_BLOCK = 1024 * 1024
 
 
 class FileStore:
@@ -21,7 +26,7 @@ class FileStore:
         directory.mkdir(parents=True, exist_ok=True)
 
     def _path(self, upload_id: str) -> Path:
-        if not upload_id.isalnum() or not upload_id.isascii():
+        if not _safe_id(upload_id):
             raise ValueError(f"unsafe upload id {upload_id!r}")
         return self.directory / upload_id
 
@@ -71,11 +76,41 @@ class FileStore:
             finally:
                 os.close(fd)
 
+    def compose(self, upload_id: str, source_ids: Iterable[str]) -> None:
+        with _disk_errors(), self._path(upload_id).open("r+b") as target:
+            target.truncate(0)
+            for source_id in source_ids:
+                with self._path(source_id).open("rb") as source:
+                    shutil.copyfileobj(source, target, COPY_BLOCK)
+            target.flush()
+            if self.fsync:
+                os.fsync(target.fileno())
+
     def open(self, upload_id: str) -> BinaryIO:
         return self._path(upload_id).open("rb")
 
     def delete(self, upload_id: str) -> None:
         self._path(upload_id).unlink(missing_ok=True)
+
+    def scan(self) -> list[tuple[str, datetime]]:
+        # A list, not a generator: cleanup deletes files while it works through it.
+        found = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                # Only names the store could have made; anything else isn't ours to judge.
+                if not _safe_id(entry.name):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted while we looked
+                if stat.S_ISREG(info.st_mode):
+                    found.append((entry.name, datetime.fromtimestamp(info.st_mtime, UTC)))
+        return found
+
+
+def _safe_id(upload_id: str) -> bool:
+    return upload_id.isalnum() and upload_id.isascii()
 
 
 def _fsync_directory(directory: Path) -> None:

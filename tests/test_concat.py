@@ -1,0 +1,99 @@
+"""concatenation and concatenation-unfinished through the test client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.conftest import TUS
+from tests.test_views import create, head, patch, stored
+
+
+def partial(client: FlaskClient, length: int) -> str:
+    return create(client, length, **{"Upload-Concat": "partial"})
+
+
+def final(client: FlaskClient, *urls: str, **headers: str) -> tuple[int, str]:
+    response = client.post(
+        "/files/", headers={**TUS, "Upload-Concat": "final;" + " ".join(urls), **headers}
+    )
+    location = response.headers.get("Location", "").removeprefix("http://localhost")
+    return response.status_code, location
+
+
+def test_final_from_finished_partials(client: FlaskClient, data_dir: Path) -> None:
+    a, b = partial(client, 3), partial(client, 4)
+    assert head(client, a).headers["Upload-Concat"] == "partial"
+    patch(client, a, b"abc")
+    patch(client, b, b"defg")
+    status, url = final(client, f"http://localhost{a}", b)  # absolute and relative
+    assert status == 201
+    assert stored(data_dir, url) == b"abcdefg"
+    response = head(client, url)
+    assert response.headers["Upload-Offset"] == "7"
+    assert response.headers["Upload-Length"] == "7"
+    assert response.headers["Upload-Concat"] == f"final;http://localhost{a} http://localhost{b}"
+    assert "Upload-Expires" not in response.headers
+
+
+def test_final_before_partials_finish(client: FlaskClient, data_dir: Path) -> None:
+    a, b = partial(client, 3), partial(client, 2)
+    patch(client, a, b"ab")
+    status, url = final(client, a, b)
+    assert status == 201
+    response = head(client, url)
+    assert "Upload-Offset" not in response.headers  # unfinished final: no offset
+    assert response.headers["Upload-Length"] == "5"
+    patch(client, b, b"de")
+    assert "Upload-Offset" not in head(client, url).headers
+    patch(client, a, b"c", 2)  # the last partial completes the final
+    assert stored(data_dir, url) == b"abcde"
+    assert head(client, url).headers["Upload-Offset"] == "5"
+    response = client.get(url)
+    assert response.data == b"abcde"
+    response.close()
+
+
+def test_patch_on_final_is_403(client: FlaskClient) -> None:
+    a = partial(client, 1)
+    _, url = final(client, a)
+    assert patch(client, url, b"x").status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("urls", "status"),
+    [
+        (["/files/0123456789abcdef0123456789abcdef"], 404),  # unknown partial
+        (["http://elsewhere.example/files/0123456789abcdef0123456789abcdef"], 400),  # foreign
+        (["/other/0123456789abcdef0123456789abcdef"], 400),
+        (["/files/../files/x"], 400),
+        (["/files/0123456789abcdef0123456789abcdef?x=1"], 400),
+    ],
+)
+def test_bad_partials(client: FlaskClient, urls: list[str], status: int) -> None:
+    assert final(client, *urls)[0] == status
+
+
+def test_final_refuses_repeats_non_partials_and_lengths(client: FlaskClient) -> None:
+    a = partial(client, 1)
+    plain = create(client, 1)
+    deferred = create(client, None, **{"Upload-Concat": "partial"})
+    assert final(client, a, a)[0] == 400
+    assert final(client, plain)[0] == 400
+    assert final(client, deferred)[0] == 400
+    assert final(client, a, **{"Upload-Length": "1"})[0] == 400
+    client.delete(a, headers=TUS)
+    assert final(client, a)[0] == 410
+
+
+@pytest.mark.parametrize("value", ["", "final", "final;", "whole", "partial;x"])
+def test_bad_concat_header(client: FlaskClient, value: str) -> None:
+    response = client.post("/files/", headers={**TUS, "Upload-Concat": value, "Upload-Length": "1"})
+    assert response.status_code == 400
+
+
+def test_final_over_max_size_is_413(client: FlaskClient) -> None:
+    a, b = partial(client, 600), partial(client, 600)
+    assert final(client, a, b)[0] == 413
