@@ -11,22 +11,29 @@ import contextlib
 import fcntl
 import hashlib
 import http.client
+import json
 import os
 import random
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import termios
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import urlsplit
 
 import pytest
+from tusclient import client
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -42,6 +49,7 @@ MiB = 1024 * KiB
 STARTUP_TIMEOUT = 20.0  # seconds until OPTIONS /files/ must answer 204
 STOP_TIMEOUT = 30.0  # seconds gunicorn gets to stop after SIGTERM
 IO_TIMEOUT = 60.0  # per-socket timeout for test clients
+HANG_TIMEOUT = 120.0  # a whole client operation that takes longer is considered hung
 
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 STATUS_LINE_RE = re.compile(rb"HTTP/1\.[01] (\d{3})(?: |\r\n)")
@@ -157,7 +165,8 @@ def build_request(
 
     ``Host`` is added first; str values are sent as UTF-8, bytes as they are.
     """
-    lines = [b" ".join((_b(method), _b(target), b"HTTP/1.1")), b"Host: %s:%d" % (HOST.encode(), port)]
+    request_line = b" ".join((_b(method), _b(target), b"HTTP/1.1"))
+    lines = [request_line, b"Host: %s:%d" % (HOST.encode(), port)]
     lines.extend(_b(name) + b": " + _b(value) for name, value in headers)
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
@@ -273,6 +282,47 @@ def abort_connection(sock: socket.socket) -> None:
 # --------------------------------------------------------------------------- tus helpers
 
 
+def call_with_deadline(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """Run ``fn`` in a helper thread; fail if it hasn't returned after ``timeout`` s.
+
+    A guard against hangs (a client without timeouts, a loop that never ends), not a
+    speed check: the limits are far above what the work takes.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name=what, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AssertionError(f"{what}: still running after {timeout} s (hung?)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return cast(T, outcome["value"])
+
+
+def tuspy_upload(
+    endpoint: str,
+    stream: BinaryIO,
+    *,
+    chunk_size: int | None = None,
+    metadata: dict[str, str] | None = None,
+    timeout: float = HANG_TIMEOUT,
+) -> Any:
+    """``TusClient(endpoint).uploader(...).upload()`` under a hang guard; the uploader."""
+    kwargs: dict[str, Any] = {"file_stream": stream, "metadata": metadata or {}}
+    if chunk_size is not None:
+        kwargs["chunk_size"] = chunk_size
+    uploader = client.TusClient(endpoint).uploader(**kwargs)
+    call_with_deadline(uploader.upload, timeout, f"tuspy upload to {endpoint}")
+    return uploader
+
+
 def upload_id(url: str) -> str:
     ident = url.rstrip("/").rsplit("/", 1)[-1]
     assert UPLOAD_ID_RE.fullmatch(ident), url
@@ -343,8 +393,11 @@ class LiveServer:
             headers["Content-Type"] = OFFSET_OCTET_STREAM
         return http_request("POST", self.endpoint, headers, body)
 
-    def create_upload(self, length: int | None, **kwargs: object) -> str:
-        resp = self.create(length, **kwargs)  # type: ignore[arg-type]
+    def create_upload(
+        self, length: int | None, *, body: bytes | None = None, metadata: str | None = None
+    ) -> str:
+        """Create an upload, assert 201 and a well-formed absolute Location; return it."""
+        resp = self.create(length, body=body, metadata=metadata)
         assert resp.status == 201, (resp.status, resp.body[:300])
         location = resp.header("Location")
         assert location is not None
@@ -360,12 +413,10 @@ class LiveServer:
             try:
                 self.proc.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
+                # The master and its workers: the process group we started it in.
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=STOP_TIMEOUT)
-        # Workers of a master that died hard would still be in our process group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def start_server(base_dir: Path, env_overrides: Mapping[str, str] | None = None) -> LiveServer:
@@ -426,8 +477,7 @@ def _wait_ready(server: LiveServer) -> None:
             break
         time.sleep(0.1)
     raise RuntimeError(
-        f"server not ready within {STARTUP_TIMEOUT} s ({last_error}):\n"
-        + server.log_text()[-4000:]
+        f"server not ready within {STARTUP_TIMEOUT} s ({last_error}):\n" + server.log_text()[-4000:]
     )
 
 
@@ -474,3 +524,52 @@ def server_factory(
         yield pool.start
     finally:
         pool.close()
+
+
+# --------------------------------------------------------------------------- JavaScript clients
+
+JS_DIR = REPO_ROOT / "tests" / "js"  # package.json, node scripts, page/ (npm ci --prefix tests/js)
+JS_PACKAGES = ("tus-js-client", "playwright-core")
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The ``node`` executable, with tests/js's packages installed.
+
+    Skips only when node is not installed on this machine; missing packages fail."""
+    path = shutil.which("node")
+    if path is None:
+        pytest.skip("node is not installed (apt-get install nodejs npm; .ci/run installs it)")
+    modules = JS_DIR / "node_modules"
+    missing = [p for p in JS_PACKAGES if not (modules / p / "package.json").is_file()]
+    if missing:
+        pytest.fail(f"{missing} missing under {JS_DIR}/node_modules: run `make install`")
+    return path
+
+
+def run_node(
+    node: str, script: str, spec: Mapping[str, Any], timeout: float
+) -> list[dict[str, Any]]:
+    """Run ``tests/js/<script> '<spec as JSON>'`` (bounded); return its stdout's JSON lines.
+
+    The last line is the script's result; a failed result fails the test with the details."""
+    try:
+        proc = subprocess.run(
+            [node, script, json.dumps(spec)],
+            cwd=JS_DIR,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{script} did not finish within {timeout} s; stderr: {exc.stderr!r:.3000}")
+    lines = [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
+    stderr = proc.stderr.decode(errors="replace")[-3000:]
+    if not lines:
+        pytest.fail(f"{script} exited {proc.returncode} without a result; stderr:\n{stderr}")
+    result = lines[-1]
+    if proc.returncode != 0 or not result.get("ok"):
+        details = json.dumps(result, indent=1)[:12000]
+        pytest.fail(f"{script} failed (exit {proc.returncode}):\n{details}\nstderr:\n{stderr}")
+    return lines
