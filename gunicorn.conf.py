@@ -10,10 +10,22 @@ simultaneous uploads you expect (workers x threads).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
+# Prometheus multiprocess mode: every worker writes its metrics under one fresh
+# directory, so a scrape of any worker counts them all. It must be set before anything
+# imports prometheus_client (importing uploadsvc does); an operator may set it instead.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="uploadsvc-metrics-")
+    _OWN_METRICS_DIR = True
+else:
+    _OWN_METRICS_DIR = False
+
 from uploadsvc.config import ConfigError, Settings
+from uploadsvc.hooks import load_hooks
 
 wsgi_app = "wsgi:app"
 bind = os.environ.get("UPLOADSVC_BIND", "127.0.0.1:8080")
@@ -31,14 +43,38 @@ limit_request_field_size = 16 * 1024
 # gunicorn's runtime control socket sits at one fixed path per user: several instances on
 # one host (tests, blue/green) would fight over it, and uploadsvc doesn't use it.
 control_socket_disable = True
-accesslog = "-"
+# uploadsvc logs one line per request itself, with its request id; gunicorn's access
+# log would say the same again without it.
+accesslog = None
 errorlog = "-"
 
 
 def on_starting(server: Any) -> None:
     """Check the settings once in the master: a bad value stops start-up with one line."""
     try:
-        Settings.from_env()
+        settings = Settings.from_env()
+        if settings.hooks:
+            load_hooks(settings.hooks)
     except ConfigError as error:
         print(f"uploadsvc: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def post_worker_init(worker: Any) -> None:
+    """On SIGTERM, end the PATCH bodies in flight so their offsets are recorded before
+    the worker exits, instead of waiting out graceful_timeout and being killed."""
+    extensions = getattr(worker.wsgi, "extensions", {})
+    monitor = extensions.get("uploadsvc.transfers")
+    if monitor is not None:
+        monitor.stop_all_when(lambda: not worker.alive)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

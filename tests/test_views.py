@@ -402,7 +402,7 @@ def test_completed_uploads_do_not_expire(client: FlaskClient, clock: Clock) -> N
         "%00",
     ],
 )
-def test_unknown_ids_are_404(client: FlaskClient, upload_id: str) -> None:
+def test_unknown_ids_are_404(client: FlaskClient, data_dir: Path, upload_id: str) -> None:
     assert head(client, f"/files/{upload_id}").status_code == 404
     assert client.delete(f"/files/{upload_id}", headers=TUS).status_code == 404
     response = client.patch(
@@ -412,6 +412,7 @@ def test_unknown_ids_are_404(client: FlaskClient, upload_id: str) -> None:
     )
     assert response.status_code == 404
     assert response.mimetype == "text/plain"
+    assert not any((data_dir / "locks").iterdir())  # strangers' ids leave no lock files
 
 
 def test_unsupported_method_is_405(client: FlaskClient) -> None:

@@ -6,7 +6,6 @@ store, locker and database engine.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -14,12 +13,15 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cli, db
+from . import cli, db, ops
 from .config import Settings
+from .hooks import Hooks, load_hooks
 from .locking.filelock import FileLocker
+from .metrics import Metrics
 from .overrides import MethodOverride
 from .service import Limits, UploadService
 from .storage.filesystem import FileStore
+from .transfers import TransferMonitor
 
 __all__ = ["create_app"]
 
@@ -30,29 +32,41 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     settings = Settings.from_env() if test_config is None else Settings.from_mapping(test_config)
     app = Flask(__name__)
     app.config["UPLOADSVC_SETTINGS"] = settings
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        # Alembic announces its dialect at every start: under cron (`flask cleanup`) that
-        # would be mail every run. Its warnings and errors still show.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    ops.configure_logging(settings.log_json)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = db.make_engine(settings.database_url)
     db.upgrade(engine, settings.data_dir / "migrate.lock")
+    sessions = db.make_sessionmaker(engine)
+    metrics = Metrics(sessions)
+    hooks = Hooks(
+        target=load_hooks(settings.hooks) if settings.hooks else None,
+        webhook_url=settings.webhook_url,
+        listeners=[metrics.upload_event],
+    )
+    locker = FileLocker(settings.locks_dir, on_wait=metrics.lock_waited)
     app.extensions["uploadsvc"] = UploadService(
-        db.make_sessionmaker(engine),
+        sessions,
         FileStore(settings.files_dir, fsync=settings.fsync),
-        FileLocker(settings.locks_dir),
+        locker,
         Limits(
             max_size=settings.max_size,
             expire_after=timedelta(seconds=settings.expire_after),
             lock_timeout=settings.lock_timeout,
         ),
+        hooks=hooks,
+    )
+    app.extensions["uploadsvc.transfers"] = TransferMonitor(
+        locker,
+        read_timeout=settings.read_timeout,
+        on_bytes=metrics.bytes_received.inc,
+        on_stop=metrics.body_stopped,
     )
 
     from . import views
 
     app.register_blueprint(views.bp)
+    ops.init_app(app, metrics)
     cli.init_app(app)
     app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
     if settings.proxy_hops:

@@ -55,6 +55,11 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # How many proxies in front set X-Forwarded-*; 0 trusts none of those headers.
     proxy_hops: int = 0
+    # Operator hooks ("package.module:object") and a webhook URL for post-events.
+    hooks: str | None = None
+    webhook_url: str | None = None
+    # One JSON object per log line instead of text.
+    log_json: bool = False
     # Cleanup (``flask cleanup``): seconds a tombstone answers 410 before its row goes,
     # seconds a row-less file must be old before it counts as an orphan, and seconds a
     # completed upload is kept after completion (None: forever).
@@ -87,6 +92,9 @@ class Settings:
             read_timeout=_positive_float(values, "READ_TIMEOUT", DEFAULT_READ_TIMEOUT),
             cors_origins=_origins(values, "CORS_ORIGINS"),
             proxy_hops=_non_negative_int(values, "PROXY_HOPS", 0),
+            hooks=_import_path(values, "HOOKS"),
+            webhook_url=_http_url(values, "WEBHOOK_URL"),
+            log_json=_boolean(values, "LOG_JSON", False),
             tombstone_ttl=_positive_int(values, "TOMBSTONE_TTL", DEFAULT_TOMBSTONE_TTL),
             orphan_grace=_positive_int(values, "ORPHAN_GRACE", DEFAULT_ORPHAN_GRACE),
             keep_completed=_optional_positive_int(values, "KEEP_COMPLETED"),
@@ -126,6 +134,29 @@ def _non_negative_int(values: Mapping[str, Any], name: str, default: int) -> int
 
 
 _ORIGIN = re.compile(r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def _import_path(values: Mapping[str, Any], name: str) -> str | None:
+    value = _raw(values, name)
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not _IMPORT_PATH.fullmatch(text):
+        raise ConfigError(f"{PREFIX}{name}: {text!r} is not 'package.module:object'")
+    return text
+
+
+def _http_url(values: Mapping[str, Any], name: str) -> str | None:
+    value = _raw(values, name)
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+        raise ConfigError(f"{PREFIX}{name}: {text!r} is not an http(s) URL")
+    return text
 
 
 def _origins(values: Mapping[str, Any], name: str) -> tuple[str, ...]:

@@ -29,6 +29,34 @@ class TusError(Exception):
         self.offset = offset
 
 
+class Rejected(TusError):
+    """A hook said no. Hook authors raise it: ``raise Rejected(403, "not yours")``.
+
+    The status must be a client error (4xx); anything else becomes 403.
+    """
+
+    status, reason, message = 403, "Forbidden", "refused"
+
+    def __init__(self, status: int = 403, message: str = "refused") -> None:
+        super().__init__(message)
+        if not 400 <= status <= 499:
+            status = 403
+        self.status = status
+        self.reason = _REASONS.get(status, "Refused")
+
+
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    413: "Content Too Large",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+}
+
+
 class InvalidHeader(TusError):
     status, reason, message = 400, "Bad Request", "invalid header"
 
@@ -77,6 +105,16 @@ class UploadLocked(TusError):
 
 class ChecksumMismatch(TusError):
     status, reason, message = 460, "Checksum Mismatch", "checksum mismatch; chunk discarded"
+
+
+class UploadExists(TusError):
+    status, reason, message = 409, "Conflict", "an upload with this id exists"
+
+
+class HookFailed(TusError):
+    """An operator's hook raised: the request is refused, the upload left as it was."""
+
+    status, reason, message = 500, "Internal Server Error", "a server hook failed"
 
 
 class InsufficientStorage(TusError):

@@ -41,7 +41,9 @@ _DIGITS = re.compile(r"[0-9]+")
 # A metadata key: printable ASCII without space or comma (the pair separators).
 _METADATA_KEY = re.compile(r"[!-+\--~]+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+# Ids we make are 32 hex digits; a pre-create hook may choose others of this form, which
+# is also what storage and locks accept as a path component.
+UPLOAD_ID = re.compile(r"[0-9A-Za-z]{8,64}")
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ def upload_id_from_url(url: str, request_url: str, files_url: str) -> str | None
     if target.query or target.fragment or not target.path.startswith(prefix):
         return None
     upload_id = target.path[len(prefix) :]
-    return upload_id if _UPLOAD_ID.fullmatch(upload_id) else None
+    return upload_id if UPLOAD_ID.fullmatch(upload_id) else None
 
 
 def require_offset_content_type(value: str | None) -> None:

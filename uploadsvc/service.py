@@ -9,11 +9,10 @@ transaction, serialises one upload's writes.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
@@ -28,11 +27,13 @@ from .errors import (
     InvalidHeader,
     OffsetMismatch,
     TusError,
+    UploadExists,
     UploadGone,
     UploadLocked,
     UploadNotFound,
     UploadTooLarge,
 )
+from .hooks import HookRequest, Hooks
 from .locking import Locker
 from .models import Concat, Upload, UploadPart, UploadState
 from .storage import UploadStore
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 # 128 bits of randomness: an upload URL is a capability, so it must not be guessable.
 _ID_BYTES = 16
-_VALID_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def utcnow() -> datetime:
@@ -71,6 +71,8 @@ class UploadInfo:
     completed_at: datetime | None = None
     concat: Concat | None = None
     parts: tuple[str, ...] = ()  # a final upload's partial upload ids, in order
+    # Headers a pre-finish hook adds to the response of the request that completed it.
+    finish_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -136,6 +138,7 @@ class UploadService:
         *,
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], str] = new_upload_id,
+        hooks: Hooks | None = None,
     ) -> None:
         self.sessions = sessions
         self.store = store
@@ -143,19 +146,46 @@ class UploadService:
         self.limits = limits
         self.clock = clock
         self.new_id = new_id
+        self.hooks = hooks or Hooks()
 
     # -- creation ---------------------------------------------------------------------
 
     def create(
-        self, length: int | None, metadata: dict[str, bytes | None], *, partial: bool = False
+        self,
+        length: int | None,
+        metadata: dict[str, bytes | None],
+        *,
+        partial: bool = False,
+        request: HookRequest | None = None,
     ) -> UploadInfo:
         """Register a new upload (``length`` None: deferred) with an empty data file;
         ``partial``: it is meant to be concatenated into a final upload."""
         self._check_size(length)
+        changes = self.hooks.pre_create(request, length, metadata)
+        if changes.metadata is not None:
+            metadata = changes.metadata
         row = self._new_row(length, metadata, Concat.PARTIAL if partial else None)
+        if changes.upload_id is not None:
+            row.id = self._chosen_id(changes.upload_id)
         self._register(row)
         log.info("upload %s created (length %s)", row.id, length)
-        return UploadInfo.of(row)
+        info = UploadInfo.of(row)
+        self.hooks.emit("post-create", info)
+        return self._finished(info) if info.complete else info
+
+    def _chosen_id(self, upload_id: str) -> str:
+        if not protocol.UPLOAD_ID.fullmatch(upload_id):
+            raise ValueError(f"pre_create hook chose an invalid upload id {upload_id!r}")
+        with self.sessions.begin() as session:
+            if session.get(Upload, upload_id) is not None:
+                raise UploadExists()
+        return upload_id
+
+    def _finished(self, info: UploadInfo) -> UploadInfo:
+        """An upload just completed: pre-finish shapes the response, post-finish follows."""
+        info = replace(info, finish_headers=self.hooks.pre_finish(info))
+        self.hooks.emit("post-finish", info)
+        return info
 
     def create_final(self, partial_ids: list[str], metadata: dict[str, bytes | None]) -> UploadInfo:
         """Register a final upload made of ``partial_ids`` (concatenation).
@@ -178,6 +208,7 @@ class UploadService:
             ],
         )
         log.info("final upload %s created from %d partials", row.id, len(partial_ids))
+        self.hooks.emit("post-create", UploadInfo.of(row, tuple(partial_ids)))
         with self._locked(row.id):
             return self._assemble(row.id)
 
@@ -248,7 +279,7 @@ class UploadService:
         No lock: a completed upload's bytes never change, and an open file survives a
         concurrent DELETE.
         """
-        if not _VALID_ID.fullmatch(upload_id):
+        if not protocol.UPLOAD_ID.fullmatch(upload_id):
             raise UploadNotFound()
         with self.sessions.begin() as session:
             row = self._load(session, upload_id, reconcile=False)
@@ -303,7 +334,8 @@ class UploadService:
                 row.verifying = checksum is not None
                 before = UploadInfo.of(row)
             if before.complete:
-                return before
+                # Declaring the length completed it, or it was complete already.
+                return self._finished(before) if length is not None else before
             guard = _BodyGuard(limit, checksum)
             try:
                 self.store.append(upload_id, offset, guard.wrap(chunks))
@@ -326,9 +358,11 @@ class UploadService:
                 raise BodyIncomplete(offset=info.offset)
             if guard.overflow:
                 raise UploadTooLarge("body passes Upload-Length; kept up to it", offset=info.offset)
-        if info.complete and info.concat is Concat.PARTIAL:
+        if not info.complete:
+            return info
+        if info.concat is Concat.PARTIAL:
             self._complete_finals_of(upload_id)
-        return info
+        return self._finished(info)
 
     def terminate(self, upload_id: str) -> None:
         """Delete the upload's data; its row stays as a tombstone answering 410."""
@@ -338,9 +372,11 @@ class UploadService:
                 row.state = UploadState.TERMINATED
                 row.expires_at = None
                 row.updated_at = self.clock()
+                info = UploadInfo.of(row)
             self.store.delete(upload_id)
             self.locker.forget(upload_id)
         log.info("upload %s terminated", upload_id)
+        self.hooks.emit("post-terminate", info)
 
     # -- internals --------------------------------------------------------------------
 
@@ -373,7 +409,8 @@ class UploadService:
             row.offset = row.length or 0
             row.updated_at = self.clock()
             self._mark_complete_if_done(row)
-            return UploadInfo.of(row, parts)
+            info = UploadInfo.of(row, parts)
+        return self._finished(info)
 
     def _complete_finals_of(self, partial_id: str) -> None:
         with self.sessions.begin() as session:
@@ -388,9 +425,15 @@ class UploadService:
                 continue
 
     def _locked(self, upload_id: str) -> AbstractContextManager[None]:
-        if not _VALID_ID.fullmatch(upload_id):
+        if not protocol.UPLOAD_ID.fullmatch(upload_id):
             # Never a path: only ids we could have made reach storage and locks.
             raise UploadNotFound()
+        if self.store.size(upload_id) is None:
+            # No data: an unknown id, a tombstone or lost data. Nothing to protect, so
+            # no lock (and no lock file for every id a stranger makes up).
+            with self.sessions.begin() as session:
+                self._load(session, upload_id, reconcile=False)
+            raise UploadGone("upload data is missing")
         return self.locker.hold(upload_id, timeout=self.limits.lock_timeout)
 
     def _load(self, session: Session, upload_id: str, *, reconcile: bool = True) -> Upload:

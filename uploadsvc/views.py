@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+from collections.abc import Callable
 from typing import cast
 
 from flask import Blueprint, Response, current_app, request, url_for
@@ -13,8 +15,10 @@ from werkzeug.wsgi import wrap_file
 from . import body, cors, downloads, protocol
 from .config import Settings
 from .errors import InvalidHeader, TusError, UnsupportedVersion, UploadTooLarge
+from .hooks import HookRequest
 from .models import Concat
 from .service import UploadInfo, UploadService
+from .transfers import TransferMonitor
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,19 @@ def require_tus_version() -> None:
     # Before anything else, and so before a byte of body is read.
     if request.method not in NO_TUS_HEADER_METHODS:
         protocol.require_tus_resumable(request.headers.get("Tus-Resumable"))
+    if request.method != "OPTIONS":
+        service().hooks.authorize(hook_request())
+
+
+def hook_request() -> HookRequest:
+    view_args = request.view_args or {}
+    return HookRequest(
+        method=request.method,
+        path=request.path,
+        upload_id=view_args.get("upload_id"),
+        headers=dict(request.headers),
+        remote_addr=request.remote_addr,
+    )
 
 
 @bp.route("", methods=["OPTIONS"], strict_slashes=False)
@@ -80,7 +97,7 @@ def create() -> Response:
     first_part = body.content_length(request.environ) if with_upload else None
     if length is not None and first_part is not None and first_part > length:
         raise UploadTooLarge("the body is longer than Upload-Length")
-    info = svc.create(length, metadata, partial=concat is not None)
+    info = svc.create(length, metadata, partial=concat is not None, request=hook_request())
     if not with_upload:
         return _created(info)
     try:
@@ -91,6 +108,7 @@ def create() -> Response:
         return response
     response = _created(info)
     response.headers["Upload-Offset"] = str(info.offset)
+    response.headers.update(info.finish_headers)
     return response
 
 
@@ -154,6 +172,7 @@ def patch(upload_id: str) -> Response:
     info = _append(service(), upload_id, offset, checksum, length)
     response = _upload_response(info, 204)
     response.headers["Upload-Offset"] = str(info.offset)
+    response.headers.update(info.finish_headers)
     return response
 
 
@@ -170,14 +189,25 @@ def _append(
     checksum: protocol.Checksum | None,
     length: int | None = None,
 ) -> UploadInfo:
+    monitor = cast(TransferMonitor, current_app.extensions["uploadsvc.transfers"])
+    chunks = monitor.track(upload_id, body.read_body(request.environ), _stopper())
     return svc.append(
         upload_id,
         offset,
-        body.read_body(request.environ),
+        chunks,
         content_length=body.content_length(request.environ),
         length=length,
         checksum=checksum,
     )
+
+
+def _stopper() -> Callable[[], None]:
+    """How to end this request's body early: shut the socket's read side, so the
+    blocked read sees end-of-file. Without a socket (other servers) it can't be done."""
+    sock = request.environ.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket):
+        return lambda: None
+    return lambda: sock.shutdown(socket.SHUT_RD)
 
 
 def _location(upload_id: str) -> str:

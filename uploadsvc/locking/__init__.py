@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Protocol
 
 
 class Locker(Protocol):
     def hold(self, upload_id: str, *, timeout: float) -> AbstractContextManager[None]:
         """Hold the upload's lock for the ``with`` block; ``UploadLocked`` if it can't
-        be had within ``timeout`` seconds (0: one attempt)."""
+        be had within ``timeout`` seconds (0: one attempt). While waiting, ask the
+        holder to release (see ``release_requested``)."""
+        ...
+
+    def release_requested(self, upload_id: str) -> bool:
+        """Whether a request is waiting for this upload's lock: its holder, if stalled,
+        should save what it has and let go (tusd's "release request")."""
         ...
 
     def forget(self, upload_id: str) -> None:
         """Drop the lock's resources once the upload itself is gone; idempotent."""
+        ...
+
+    def scan(self) -> list[tuple[str, datetime]]:
+        """Every upload id with lock resources, with when they were made (aware UTC).
+
+        For cleanup: requests on unknown ids and crashes leave locks nobody will forget.
+        """
         ...

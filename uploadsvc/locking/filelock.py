@@ -6,24 +6,37 @@ a waiter holding the old inode and a newcomer creating a new one both "own" the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import filelock
 
 from ..errors import UploadLocked
 
+LOCK_SUFFIX = ".lock"
+# A waiting request's ask to the holder to let go: a file beside the lock file, so it
+# reaches a holder in any process on the host.
+RELEASE_SUFFIX = ".release"
+
 
 class FileLocker:
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, *, on_wait: Callable[[float, bool], None] | None = None
+    ) -> None:
         self.directory = directory
+        # Told of every wait for a busy lock: (seconds waited, whether it was acquired).
+        self.on_wait = on_wait
         directory.mkdir(parents=True, exist_ok=True)
 
     def _path(self, upload_id: str) -> Path:
         if not upload_id.isalnum() or not upload_id.isascii():
             raise ValueError(f"unsafe upload id {upload_id!r}")
-        return self.directory / f"{upload_id}.lock"
+        return self.directory / f"{upload_id}{LOCK_SUFFIX}"
 
     @contextmanager
     def hold(self, upload_id: str, *, timeout: float) -> Iterator[None]:
@@ -36,13 +49,56 @@ class FileLocker:
             fallback_to_soft=False,
         )
         try:
-            lock.acquire()
+            lock.acquire(timeout=0)
         except filelock.Timeout:
-            raise UploadLocked() from None
+            self._wait(lock, upload_id, timeout)
         try:
             yield
         finally:
             lock.release()
 
+    def _wait(self, lock: filelock.BaseFileLock, upload_id: str, timeout: float) -> None:
+        """Busy: leave a release request beside the lock file, then wait for the lock."""
+        if timeout <= 0:
+            raise UploadLocked()
+        request = self._release_path(upload_id)
+        request.touch()
+        started = time.monotonic()
+        acquired = False
+        try:
+            lock.acquire(timeout=timeout)
+            acquired = True
+        except filelock.Timeout:
+            raise UploadLocked() from None
+        finally:
+            request.unlink(missing_ok=True)
+            if self.on_wait is not None:
+                self.on_wait(time.monotonic() - started, acquired)
+
+    def release_requested(self, upload_id: str) -> bool:
+        return self._release_path(upload_id).exists()
+
+    def _release_path(self, upload_id: str) -> Path:
+        return self._path(upload_id).with_suffix(RELEASE_SUFFIX)
+
     def forget(self, upload_id: str) -> None:
+        self._release_path(upload_id).unlink(missing_ok=True)
         self._path(upload_id).unlink(missing_ok=True)
+
+    def scan(self) -> list[tuple[str, datetime]]:
+        # A list, not a generator: cleanup forgets locks while it works through it.
+        found = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                upload_id = entry.name.removesuffix(LOCK_SUFFIX)
+                # Only names _path could have made; anything else isn't ours to judge.
+                if upload_id == entry.name or not upload_id.isalnum() or not upload_id.isascii():
+                    continue
+                try:
+                    # flock never touches the file, so its mtime is when it was made.
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # forgotten while we looked
+                if stat.S_ISREG(info.st_mode):
+                    found.append((upload_id, datetime.fromtimestamp(info.st_mtime, UTC)))
+        return found

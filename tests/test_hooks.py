@@ -1,0 +1,170 @@
+"""Hooks loaded by import path, and the webhook posting to a real local HTTP receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import OCTET, TUS, service
+from tests.hookmods import sample
+from tests.test_views import head, patch, stored
+from uploadsvc import create_app
+from uploadsvc.config import ConfigError
+
+
+def app_with(data_dir: Path, **config: str) -> Flask:
+    app = create_app({"DATA_DIR": str(data_dir), **config})
+    app.testing = True
+    return app
+
+
+def post(client: FlaskClient, length: int, **headers: str) -> Any:
+    return client.post("/files/", headers={**TUS, "Upload-Length": str(length), **headers})
+
+
+@pytest.fixture
+def hooked(data_dir: Path) -> Iterator[tuple[Flask, FlaskClient]]:
+    sample.EVENTS.clear()
+    app = app_with(data_dir, HOOKS="tests.hookmods.sample:SampleHooks")
+    with app.test_client() as client:
+        yield app, client
+
+
+def test_pre_create_rejects_changes_metadata_and_chooses_ids(
+    hooked: tuple[Flask, FlaskClient], data_dir: Path
+) -> None:
+    _, client = hooked
+    response = post(client, 3, **{"Upload-Metadata": "filename YS5leGU="})  # a.exe
+    assert response.status_code == 403
+    assert response.text == "no executables here\n"
+    assert not any((data_dir / "files").iterdir())
+
+    response = post(client, 3, **{"X-Choose-Id": "chosen0001"})
+    assert response.headers["Location"].endswith("/files/chosen0001")
+    assert post(client, 3, **{"X-Choose-Id": "chosen0001"}).status_code == 409
+
+    url = post(client, 3).headers["Location"]
+    assert head(client, url).headers["Upload-Metadata"] == "owner YWxpY2U="
+
+
+def test_authorize_runs_for_every_method(hooked: tuple[Flask, FlaskClient]) -> None:
+    _, client = hooked
+    url = post(client, 3).headers["Location"]
+    bad = {"Authorization": "Bearer bad"}
+    assert client.head(url, headers={**TUS, **bad}).status_code == 401
+    assert client.get(url, headers=bad).status_code == 401
+    assert client.delete(url, headers={**TUS, **bad}).status_code == 401
+    assert post(client, 3, **bad).status_code == 401
+    response = client.patch(
+        url, data=b"abc", headers={**TUS, **bad, "Content-Type": OCTET, "Upload-Offset": "0"}
+    )
+    assert response.status_code == 401
+    assert head(client, url).headers["Upload-Offset"] == "0"
+    assert client.options(url, headers=bad).status_code == 204  # preflights aren't auth'd
+
+
+def test_pre_finish_shapes_the_completing_response(hooked: tuple[Flask, FlaskClient]) -> None:
+    app, client = hooked
+    url = post(client, 6).headers["Location"]
+    response = patch(client, url, b"abc")
+    assert "X-Upload-Checked" not in response.headers
+    response = patch(client, url, b"def", 3)
+    assert response.headers["X-Upload-Checked"] == "yes"
+    assert "X-Evil" not in response.headers  # header injection dropped
+    client.delete(url, headers=TUS)
+    service(app).hooks.drain()
+    upload_id = url.rsplit("/", 1)[1]
+    assert [event for event in sample.EVENTS if event[1] == upload_id] == [
+        ("post-create", upload_id),
+        ("post-finish", upload_id),
+        ("post-terminate", upload_id),
+    ]
+
+
+def test_broken_hooks_do_not_corrupt_uploads(data_dir: Path) -> None:
+    app = app_with(data_dir, HOOKS="tests.hookmods.sample:BrokenHooks")
+    client = app.test_client()
+    url = post(client, 3).headers["Location"]
+    assert patch(client, url, b"abc").status_code == 204
+    service(app).hooks.drain()
+    assert stored(data_dir, url) == b"abc"
+    assert head(client, url).headers["Upload-Offset"] == "3"
+
+
+@pytest.mark.parametrize("hook", ["BrokenAuth", "BrokenCreate"])
+def test_failing_gatekeepers_refuse(data_dir: Path, hook: str) -> None:
+    client = app_with(data_dir, HOOKS=f"tests.hookmods.sample:{hook}").test_client()
+    assert post(client, 3).status_code == 500
+    assert not any((data_dir / "files").iterdir())
+
+
+@pytest.mark.parametrize(
+    "spec", ["tests.hookmods.nothere:X", "tests.hookmods.sample:Missing", "not a path"]
+)
+def test_unloadable_hooks_stop_start_up(data_dir: Path, spec: str) -> None:
+    with pytest.raises(ConfigError, match="UPLOADSVC_HOOKS"):
+        app_with(data_dir, HOOKS=spec)
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, Any]]] = []
+    failures_left: ClassVar[int] = 0
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Receiver.failures_left:
+            Receiver.failures_left -= 1
+            self.send_response(503)
+        else:
+            Receiver.received.append(json.loads(body))
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    Receiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/events"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_webhook_posts_events_with_retries(data_dir: Path, receiver: str) -> None:
+    Receiver.failures_left = 1  # the first delivery fails, the retry lands
+    app = app_with(data_dir, WEBHOOK_URL=receiver)
+    client = app.test_client()
+    url = post(client, 3, **{"Upload-Metadata": "filename YS50eHQ="}).headers["Location"]
+    patch(client, url, b"abc")
+    service(app).hooks.drain(timeout=15)
+    events = [(item["event"], item["upload"]["id"]) for item in Receiver.received]
+    upload_id = url.rsplit("/", 1)[1]
+    assert events == [("post-create", upload_id), ("post-finish", upload_id)]
+    finished = Receiver.received[1]["upload"]
+    assert finished["metadata"] == {"filename": "a.txt"}
+    assert finished["offset"] == finished["length"] == 3
+
+
+def test_dead_webhook_never_blocks_a_response(data_dir: Path) -> None:
+    # Nothing listens on port 9 (discard) on loopback: every attempt fails at once, and
+    # the requests still answer while deliveries retry in the background.
+    app = app_with(data_dir, WEBHOOK_URL="http://127.0.0.1:9/events")
+    client = app.test_client()
+    url = post(client, 1).headers["Location"]
+    assert patch(client, url, b"x").status_code == 204

@@ -1,0 +1,78 @@
+"""/metrics, /healthz and request ids through the test client."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.conftest import TUS
+from tests.test_views import create, patch
+from uploadsvc import ops
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
+    assert match, f"{name} not in metrics"
+    return float(match.group(1))
+
+
+def test_metrics_count_uploads_bytes_and_requests(client: FlaskClient) -> None:
+    url = create(client, 5)
+    patch(client, url, b"abc")
+    patch(client, url, b"de", 3)
+    other = create(client, 1)
+    client.delete(other, headers=TUS)
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    text = response.text
+    assert metric(text, 'uploadsvc_upload_events_total{event="create"}') == 2
+    assert metric(text, 'uploadsvc_upload_events_total{event="finish"}') == 1
+    assert metric(text, 'uploadsvc_upload_events_total{event="terminate"}') == 1
+    assert metric(text, "uploadsvc_received_bytes_total") == 5
+    assert metric(text, 'uploadsvc_requests_total{method="PATCH",status="204"}') == 2
+    assert metric(text, 'uploadsvc_uploads{state="completed"}') == 1
+    assert metric(text, 'uploadsvc_uploads{state="terminated"}') == 1
+    assert 'uploadsvc_request_duration_seconds_bucket{le="0.005",method="POST"}' in text
+
+
+def test_healthz(client: FlaskClient, data_dir: Path) -> None:
+    response = client.get("/healthz")
+    assert (response.status_code, response.text) == (200, "ok\n")
+    # Tests run as root, which ignores permissions: take the directory away instead.
+    (data_dir / "files").rename(data_dir / "files-moved")
+    try:
+        response = client.get("/healthz")
+        assert response.status_code == 503
+        assert response.text.startswith("data directory:")
+    finally:
+        (data_dir / "files-moved").rename(data_dir / "files")
+
+
+@pytest.mark.parametrize(
+    ("given", "echoed"),
+    [("abc-123", True), ("x" * 129, False), ("bad id\u00e9", False), ("", False)],
+)
+def test_request_id(client: FlaskClient, given: str, echoed: bool) -> None:
+    headers = {"X-Request-ID": given} if given.isascii() else {}
+    response = client.options("/files/", headers=headers)
+    request_id = response.headers["X-Request-ID"]
+    assert (request_id == given) is echoed
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", request_id)
+
+
+def test_json_log_lines_carry_the_request_id() -> None:
+    record = logging.LogRecord(
+        "uploadsvc.requests", logging.INFO, __file__, 1, "GET / 200", (), None
+    )
+    record.request_id = "r-1"
+    record.fields = {"status": 200}
+    line = json.loads(ops.JsonFormatter().format(record))
+    assert line["request_id"] == "r-1"
+    assert line["status"] == 200
+    assert line["message"] == "GET / 200"

@@ -1,0 +1,328 @@
+"""Cleanup: reclaim the disk and registry space of uploads nobody will finish or fetch.
+
+Framework-free: ``flask cleanup`` (cli.py) builds a ``Cleaner`` and prints its
+``Report``. One run, in order:
+
+1. expired: unfinished uploads past ``expires_at`` lose their data; the row becomes an
+   EXPIRED tombstone, so the URL keeps answering 410 rather than 404.
+2. completed: with a retention set, completed uploads older than it, likewise.
+3. gone: live rows whose data file vanished become tombstones too.
+4. purged: tombstones older than the TTL lose their row (the URL then answers 404).
+5. orphans: data files without a live row, lock files without any row. Files without
+   any row must be older than a grace period: ``service.create`` writes the data file
+   before it inserts the row, so a young row-less file is an upload being born.
+
+Everything it changes, it changes under the upload's lock taken with timeout 0: a busy
+upload is skipped (left for the next run), never waited for, and the row is read again
+under the lock, because a write may have moved it on since the candidates were chosen.
+That re-check is also what makes two cleanups at once harmless: the loser finds nothing
+left to do. Data is removed only after the row says it is dead, so a crash in between
+leaves an orphan the next run removes, never a live row without data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from sqlalchemy import Executable, select
+
+from .config import Settings
+from .errors import UploadLocked
+from .models import Upload, UploadState
+from .service import UploadService
+
+log = logging.getLogger(__name__)
+
+LIVE = (UploadState.ACTIVE, UploadState.COMPLETED)
+TOMBSTONES = (UploadState.TERMINATED, UploadState.EXPIRED)
+# Ids per IN (...) query: well under SQLite's bound-parameter limit.
+QUERY_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long things are kept; see config.py for the defaults and why."""
+
+    tombstone_ttl: timedelta
+    orphan_grace: timedelta
+    keep_completed: timedelta | None = None  # None: completed uploads stay forever
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Retention:
+        keep = settings.keep_completed
+        return cls(
+            tombstone_ttl=timedelta(seconds=settings.tombstone_ttl),
+            orphan_grace=timedelta(seconds=settings.orphan_grace),
+            keep_completed=None if keep is None else timedelta(seconds=keep),
+        )
+
+
+@dataclass(frozen=True)
+class Failure:
+    upload_id: str
+    action: str  # the Report field it was meant for
+    error: str
+
+
+@dataclass
+class Report:
+    """Upload ids per outcome. In a dry run: what a real run would have done."""
+
+    dry_run: bool = False
+    expired: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    purged: list[str] = field(default_factory=list)
+    orphan_files: list[str] = field(default_factory=list)
+    orphan_locks: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # busy: left for the next run
+    failures: list[Failure] = field(default_factory=list)
+
+    OUTCOMES: ClassVar[tuple[str, ...]] = (
+        "expired",
+        "completed",
+        "gone",
+        "purged",
+        "orphan_files",
+        "orphan_locks",
+    )
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def idle(self) -> bool:
+        """Nothing done, nothing skipped, nothing failed: nothing worth telling."""
+        return not (self.skipped or self.failures or any(self.counts().values()))
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(getattr(self, name)) for name in self.OUTCOMES}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "ok": self.ok,
+            "counts": self.counts(),
+            **{name: list(getattr(self, name)) for name in self.OUTCOMES},
+            "skipped": list(self.skipped),
+            "failures": [vars(failure) for failure in self.failures],
+        }
+
+
+class Cleaner:
+    def __init__(self, service: UploadService, retention: Retention, *, dry_run: bool = False):
+        self.sessions = service.sessions
+        self.store = service.store
+        self.locker = service.locker
+        self.clock = service.clock
+        self.retention = retention
+        self.dry_run = dry_run
+
+    def run(self) -> Report:
+        # One "now" for the whole run: every cutoff and re-check agrees on it.
+        now = self.clock()
+        report = Report(dry_run=self.dry_run)
+        # Each id is handled once per run, by the first step that wants it.
+        seen: set[str] = set()
+        self._expire(now, report, seen)
+        self._retire_completed(now, report, seen)
+        self._bury_gone(now, report, seen)
+        self._purge_tombstones(now, report, seen)
+        self._sweep_orphans(now, report, seen)
+        return report
+
+    # -- the steps --------------------------------------------------------------------
+
+    def _expire(self, now: datetime, report: Report, seen: set[str]) -> None:
+        def still_due(row: Upload | None) -> bool:
+            return (
+                row is not None
+                and row.state is UploadState.ACTIVE
+                and row.expires_at is not None
+                and row.expires_at <= now
+            )
+
+        query = select(Upload.id).where(
+            Upload.state == UploadState.ACTIVE, Upload.expires_at <= now
+        )
+        for upload_id in self._unseen(self._ids(query), seen):
+            self._attempt(upload_id, report, "expired", lambda i: self._bury(i, now, still_due))
+
+    def _retire_completed(self, now: datetime, report: Report, seen: set[str]) -> None:
+        keep = self.retention.keep_completed
+        if keep is None:
+            return
+        cutoff = now - keep
+
+        def still_due(row: Upload | None) -> bool:
+            return (
+                row is not None
+                and row.state is UploadState.COMPLETED
+                and row.completed_at is not None
+                and row.completed_at <= cutoff
+            )
+
+        query = select(Upload.id).where(
+            Upload.state == UploadState.COMPLETED, Upload.completed_at <= cutoff
+        )
+        for upload_id in self._unseen(self._ids(query), seen):
+            self._attempt(upload_id, report, "completed", lambda i: self._bury(i, now, still_due))
+
+    def _bury_gone(self, now: datetime, report: Report, seen: set[str]) -> None:
+        # Rows first, then files: every row read here had its file before it was
+        # inserted, so a row missing from the later listing really lost its data.
+        live = self._ids(select(Upload.id).where(Upload.state.in_(LIVE)))
+        stored = {upload_id for upload_id, _ in self.store.scan()}
+        candidates = [upload_id for upload_id in live if upload_id not in stored]
+
+        def still_due(row: Upload | None) -> bool:
+            return row is not None and row.state in LIVE and self.store.size(row.id) is None
+
+        for upload_id in self._unseen(candidates, seen):
+            self._attempt(upload_id, report, "gone", lambda i: self._bury(i, now, still_due))
+
+    def _purge_tombstones(self, now: datetime, report: Report, seen: set[str]) -> None:
+        cutoff = now - self.retention.tombstone_ttl
+        query = select(Upload.id).where(Upload.state.in_(TOMBSTONES), Upload.updated_at <= cutoff)
+
+        def purge(upload_id: str) -> bool:
+            with self.sessions.begin() as session:
+                row = session.get(Upload, upload_id)
+                if row is None or row.state not in TOMBSTONES or row.updated_at > cutoff:
+                    self._forget_if_dead(upload_id, row)
+                    return False
+                session.delete(row)
+            # Leftovers of a crash between a tombstone's commit and its data's removal.
+            self._drop_data(upload_id)
+            return True
+
+        for upload_id in self._unseen(self._ids(query), seen):
+            self._attempt(upload_id, report, "purged", purge)
+
+    def _sweep_orphans(self, now: datetime, report: Report, seen: set[str]) -> None:
+        # Files first, then rows: a row inserted after the listing makes its file live
+        # (it is young, so the grace would have spared it anyway).
+        old = now - self.retention.orphan_grace
+        files = dict(self.store.scan())
+        locks = dict(self.locker.scan())
+        states = self._states(files.keys() | locks.keys())
+
+        def stray_file(upload_id: str, modified_at: datetime) -> bool:
+            state = states.get(upload_id)
+            if state is None:
+                return modified_at <= old
+            # A tombstone's data is a crash's leftover; a tombstone never comes back to
+            # life, so it needs no grace.
+            return state in TOMBSTONES
+
+        def stray_lock(upload_id: str, modified_at: datetime) -> bool:
+            # Every 410 answer makes a tombstone's lock file again: it goes when the
+            # tombstone is purged, not every run (that would be cron mail every run).
+            return upload_id not in states and modified_at <= old
+
+        stray_files = {i for i, modified_at in files.items() if stray_file(i, modified_at)}
+        stray_locks = {i for i, modified_at in locks.items() if stray_lock(i, modified_at)}
+
+        def remove(upload_id: str) -> bool:
+            with self.sessions.begin() as session:
+                row = session.get(Upload, upload_id)
+                if row is not None and row.state in LIVE:
+                    return False
+            if upload_id in stray_files:
+                self.store.delete(upload_id)
+            # Always: taking the lock just now made a lock file if there was none.
+            self.locker.forget(upload_id)
+            return True
+
+        for upload_id in self._unseen(sorted(stray_files | stray_locks), seen):
+            removed = self._attempt(upload_id, report, None, remove)
+            if removed:
+                if upload_id in stray_files:
+                    report.orphan_files.append(upload_id)
+                if upload_id in stray_locks:
+                    report.orphan_locks.append(upload_id)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _bury(
+        self, upload_id: str, now: datetime, still_due: Callable[[Upload | None], bool]
+    ) -> bool:
+        """Turn a live row into an EXPIRED tombstone, then drop its data (lock held)."""
+        with self.sessions.begin() as session:
+            row = session.get(Upload, upload_id)
+            if not still_due(row):
+                # A write moved it on, or another cleanup got here first.
+                self._forget_if_dead(upload_id, row)
+                return False
+            assert row is not None  # still_due said so
+            row.state = UploadState.EXPIRED
+            row.expires_at = None
+            row.updated_at = now
+        self._drop_data(upload_id)
+        return True
+
+    def _forget_if_dead(self, upload_id: str, row: Upload | None) -> None:
+        # Another cleanup removed the lock file before we took the lock, so taking it
+        # made the file again; a dead upload needs none.
+        if row is None or row.state in TOMBSTONES:
+            self.locker.forget(upload_id)
+
+    def _drop_data(self, upload_id: str) -> None:
+        self.store.delete(upload_id)
+        # Safe while held: any request that gets this lock later reads the tombstone.
+        self.locker.forget(upload_id)
+
+    def _attempt(
+        self,
+        upload_id: str,
+        report: Report,
+        outcome: str | None,
+        act: Callable[[str], bool],
+    ) -> bool:
+        """Run ``act`` under the upload's lock; file the id under ``outcome`` if it did
+        something. A busy upload is skipped; a failure is recorded and the run goes on."""
+        if self.dry_run:
+            if outcome is not None:
+                getattr(report, outcome).append(upload_id)
+            return True
+        try:
+            with self.locker.hold(upload_id, timeout=0):
+                done = act(upload_id)
+        except UploadLocked:
+            log.debug("cleanup: upload %s busy, skipped", upload_id)
+            report.skipped.append(upload_id)
+            return False
+        except Exception as error:  # one bad upload must not stop the rest
+            log.exception("cleanup: upload %s failed (%s)", upload_id, outcome or "orphans")
+            report.failures.append(Failure(upload_id, outcome or "orphans", repr(error)))
+            return False
+        if done:
+            log.debug("cleanup: upload %s %s", upload_id, outcome or "orphaned")
+            if outcome is not None:
+                getattr(report, outcome).append(upload_id)
+        return done
+
+    def _ids(self, query: Executable) -> list[str]:
+        with self.sessions.begin() as session:
+            return list(session.scalars(query))
+
+    def _states(self, upload_ids: Iterable[str]) -> dict[str, UploadState]:
+        wanted = sorted(upload_ids)
+        states: dict[str, UploadState] = {}
+        with self.sessions.begin() as session:
+            for start in range(0, len(wanted), QUERY_BATCH):
+                batch = wanted[start : start + QUERY_BATCH]
+                query = select(Upload.id, Upload.state).where(Upload.id.in_(batch))
+                states.update({upload_id: state for upload_id, state in session.execute(query)})
+        return states
+
+    @staticmethod
+    def _unseen(upload_ids: Iterable[str], seen: set[str]) -> list[str]:
+        fresh = [upload_id for upload_id in upload_ids if upload_id not in seen]
+        seen.update(fresh)
+        return fresh

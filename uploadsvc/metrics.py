@@ -1,0 +1,109 @@
+"""Prometheus metrics, correct across gunicorn workers.
+
+Under gunicorn, gunicorn.conf.py points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
+directory before the workers start; each worker writes its counters there and a scrape
+of any worker sums them all. Elsewhere (tests, one process) the app's own registry is
+used. The number of uploads in each state is read from the registry at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .models import Upload, UploadState
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Upload requests last from milliseconds (HEAD) to many minutes (a big PATCH).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+LOCK_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10)
+
+
+class UploadStates(Collector):
+    """``uploadsvc_uploads{state=...}``: rows per state, counted when scraped."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "uploadsvc_uploads", "Uploads in the registry, by state.", labels=["state"]
+        )
+        with self.sessions() as session:
+            counts = dict(
+                session.execute(select(Upload.state, func.count()).group_by(Upload.state)).all()
+            )
+        for state in UploadState:
+            gauge.add_metric([state.value], counts.get(state, 0))
+        yield gauge
+
+
+class Metrics:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.registry = CollectorRegistry()
+        self.states = UploadStates(sessions)
+        self.registry.register(self.states)
+        registry = self.registry
+        self.uploads = Counter(
+            "uploadsvc_upload_events",
+            "Upload lifecycle events (created, finished, terminated).",
+            ["event"],
+            registry=registry,
+        )
+        self.bytes_received = Counter(
+            "uploadsvc_received_bytes", "Body bytes received by PATCH and POST.", registry=registry
+        )
+        self.requests = Counter(
+            "uploadsvc_requests",
+            "HTTP requests by method and status.",
+            ["method", "status"],
+            registry=registry,
+        )
+        self.durations = Histogram(
+            "uploadsvc_request_duration_seconds",
+            "HTTP request durations by method.",
+            ["method"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.lock_waits = Histogram(
+            "uploadsvc_lock_wait_seconds",
+            "Waits for a busy upload lock, by outcome.",
+            ["outcome"],
+            buckets=LOCK_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.stopped_bodies = Counter(
+            "uploadsvc_stopped_bodies",
+            "PATCH bodies ended early: takeover, read_timeout or shutdown.",
+            ["reason"],
+            registry=registry,
+        )
+
+    def upload_event(self, event: str, upload: object) -> None:
+        self.uploads.labels(event.removeprefix("post-")).inc()
+
+    def lock_waited(self, seconds: float, acquired: bool) -> None:
+        self.lock_waits.labels("acquired" if acquired else "timed_out").observe(seconds)
+
+    def body_stopped(self, reason: str) -> None:
+        self.stopped_bodies.labels(reason).inc()
+
+    def request_done(self, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, str(status)).inc()
+        self.durations.labels(method).observe(seconds)
+
+    def exposition(self) -> bytes:
+        if not os.environ.get(MULTIPROC_ENV):
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(self.states)
+        return generate_latest(registry)
