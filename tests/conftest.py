@@ -24,6 +24,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("UPLOADSVC_"):
             monkeypatch.delenv(key)
+    # gunicorn.conf.py sets it when a test loads it; in-process apps count on their own.
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
 
 
 class Clock:

@@ -63,9 +63,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         on_stop=metrics.body_stopped,
     )
 
-    from . import views
+    from . import views, web
 
     app.register_blueprint(views.bp)
+    web.init_app(app)
     ops.init_app(app, metrics)
     cli.init_app(app)
     app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]

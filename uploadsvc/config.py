@@ -66,6 +66,8 @@ class Settings:
     tombstone_ttl: int = DEFAULT_TOMBSTONE_TTL
     orphan_grace: int = DEFAULT_ORPHAN_GRACE
     keep_completed: int | None = None
+    # The upload page at / and its list of completed uploads (/api/uploads).
+    web_ui: bool = False
 
     @property
     def files_dir(self) -> Path:
@@ -98,6 +100,7 @@ class Settings:
             tombstone_ttl=_positive_int(values, "TOMBSTONE_TTL", DEFAULT_TOMBSTONE_TTL),
             orphan_grace=_positive_int(values, "ORPHAN_GRACE", DEFAULT_ORPHAN_GRACE),
             keep_completed=_optional_positive_int(values, "KEEP_COMPLETED"),
+            web_ui=_boolean(values, "WEB_UI", False),
         )
 
     @classmethod

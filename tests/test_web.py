@@ -1,0 +1,180 @@
+"""The upload page and its list of completed uploads, through the Flask test client."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from uploadsvc import create_app, web
+from uploadsvc.config import ConfigError, Settings
+from uploadsvc.hooks import HookRequest, Rejected
+
+from .conftest import OCTET, TUS
+
+# Who owns which upload, for OwnerHooks (the tests fill it in).
+OWNERS: dict[str, str] = {}
+BROKEN: set[str] = set()
+
+
+class OwnerHooks:
+    """Lets only an upload's owner (``X-User``) GET it; a hook bug for ids in BROKEN."""
+
+    def authorize(self, request: HookRequest) -> None:
+        if request.upload_id in BROKEN:
+            raise RuntimeError("the hook has a bug")
+        owner = OWNERS.get(request.upload_id or "")
+        if request.method == "GET" and owner and request.headers.get("X-User") != owner:
+            raise Rejected(403, "not yours")
+
+
+def make_app(data_dir: Path, **extra: str) -> Flask:
+    app = create_app({"DATA_DIR": str(data_dir), "MAX_SIZE": "100000", **extra})
+    app.testing = True
+    return app
+
+
+@pytest.fixture
+def web_client(data_dir: Path) -> Iterator[FlaskClient]:
+    with make_app(data_dir, WEB_UI="1").test_client() as client:
+        yield client
+
+
+def upload(client: FlaskClient, data: bytes, filename: str | None = None, **headers: str) -> str:
+    """A completed upload (creation-with-upload); its id."""
+    if filename is not None:
+        encoded = base64.b64encode(filename.encode()).decode()
+        headers = {"Upload-Metadata": f"filename {encoded}", **headers}
+    response = client.post(
+        "/files/",
+        headers={**TUS, "Upload-Length": str(len(data)), "Content-Type": OCTET, **headers},
+        data=data,
+    )
+    assert response.status_code == 201, response.data
+    return str(response.headers["Location"]).rsplit("/", 1)[1]
+
+
+def test_setting() -> None:
+    assert Settings.from_mapping({}).web_ui is False
+    assert Settings.from_mapping({"WEB_UI": "1"}).web_ui is True
+    assert Settings.from_mapping({"WEB_UI": "off"}).web_ui is False
+    with pytest.raises(ConfigError, match="UPLOADSVC_WEB_UI"):
+        Settings.from_mapping({"WEB_UI": "maybe"})
+
+
+def test_off_by_default(client: FlaskClient) -> None:
+    assert client.get("/").status_code == 404
+    assert client.get("/api/uploads").status_code == 404
+    # The tus endpoint doesn't care.
+    assert client.options("/files/").status_code == 204
+
+
+def test_page(web_client: FlaskClient) -> None:
+    response = web_client.get("/")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    html = response.get_data(as_text=True)
+    # Relative URLs only: the page must work under a proxy's prefix (/uploads/).
+    for url in re.findall(r'(?:src|href)="([^"]+)"', html):
+        assert not url.startswith("/") and "://" not in url, url
+    assert re.search(r'src="static/tus\.min\.js\?v=\w+"', html)
+    assert re.search(r'src="static/upload-page\.js\?v=\w+"', html)
+    assert 'data-max-size="100000"' in html
+    assert 'id="file"' in html and "multiple" in html
+    # The page's own assets are there.
+    for name in ("upload-page.js", "upload-page.css"):
+        asset = web_client.get(f"/static/{name}")
+        assert asset.status_code == 200, name
+        asset.close()
+
+
+def test_page_says_when_the_bundle_is_missing(
+    web_client: FlaskClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(web, "STATIC_DIR", tmp_path)
+    html = web_client.get("/").get_data(as_text=True)
+    assert "missing its upload library" in html and "make install" in html
+
+
+def test_list_of_completed_uploads(web_client: FlaskClient) -> None:
+    first = upload(web_client, b"one", "one.txt")
+    second = upload(web_client, b"second!", "caf\u00e9 \u2603.pdf")
+    nameless = upload(web_client, b"x")
+    # Not listed: unfinished, terminated, and partial uploads.
+    unfinished = web_client.post("/files/", headers={**TUS, "Upload-Length": "10"})
+    assert unfinished.status_code == 201
+    gone = upload(web_client, b"gone", "gone.txt")
+    assert web_client.delete(f"/files/{gone}", headers=TUS).status_code == 204
+    partial = web_client.post(
+        "/files/",
+        headers={**TUS, "Upload-Length": "2", "Upload-Concat": "partial", "Content-Type": OCTET},
+        data=b"ab",
+    )
+    assert partial.status_code == 201
+
+    response = web_client.get("/api/uploads")
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    listed = response.get_json()["uploads"]
+    assert [item["id"] for item in listed] == [nameless, second, first]
+    by_id = {item["id"]: item for item in listed}
+    assert by_id[second] == {
+        "id": second,
+        "filename": "caf\u00e9 \u2603.pdf",
+        "filetype": None,
+        "size": 7,
+        "completed_at": by_id[second]["completed_at"],
+        "url": f"files/{second}",
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", by_id[second]["completed_at"])
+    assert by_id[nameless]["filename"] is None
+    # The listed URL downloads the bytes.
+    download = web_client.get(f"/{by_id[first]['url']}")
+    assert download.get_data() == b"one"
+    download.close()
+
+    limited = web_client.get("/api/uploads?limit=1").get_json()["uploads"]
+    assert [item["id"] for item in limited] == [nameless]
+    assert len(web_client.get("/api/uploads?limit=junk").get_json()["uploads"]) == 3
+
+
+def test_file_names_are_made_safe(web_client: FlaskClient) -> None:
+    ident = upload(web_client, b"x", "../../etc/pass\nwd")
+    listed = web_client.get("/api/uploads").get_json()["uploads"]
+    assert listed[0]["id"] == ident
+    assert "/" not in listed[0]["filename"] and "\n" not in listed[0]["filename"]
+
+
+def test_list_shows_only_what_the_authorize_hook_allows(data_dir: Path) -> None:
+    app = make_app(data_dir, WEB_UI="1", HOOKS="tests.test_web:OwnerHooks")
+    with app.test_client() as client:
+        alices = upload(client, b"alice's", "a.txt")
+        bobs = upload(client, b"bob's", "b.txt")
+        public = upload(client, b"anyone's", "p.txt")
+        broken = upload(client, b"hook fails", "x.txt")
+        OWNERS.update({alices: "alice", bobs: "bob"})
+        BROKEN.add(broken)
+        try:
+
+            def listed(**headers: Any) -> list[str]:
+                response = client.get("/api/uploads", headers=headers)
+                assert response.status_code == 200
+                return [item["id"] for item in response.get_json()["uploads"]]
+
+            assert listed(**{"X-User": "alice"}) == [public, alices]
+            assert listed(**{"X-User": "bob"}) == [public, bobs]
+            assert listed() == [public]
+            # The hook agrees with the downloads themselves.
+            assert client.get(f"/files/{bobs}", headers={"X-User": "alice"}).status_code == 403
+        finally:
+            OWNERS.clear()
+            BROKEN.clear()

@@ -1,0 +1,7 @@
+"""``python -m uploadsvc.upload``: the same as the ``uploadsvc-upload`` command."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The upload page (``GET /``) and its list of completed uploads (``GET /api/uploads``).
+
+Registered only when ``UPLOADSVC_WEB_UI=1``; otherwise both answer 404. The page uploads
+with tus-js-client (``static/tus.min.js``, copied from npm by ``make install``) to
+``files/``, a URL relative to the page, so it works under a proxy's path prefix too.
+
+The list shows a person only the uploads the ``authorize`` hook would let them
+download: each one is checked as a ``GET /files/<id>`` carrying the listing request's
+headers, and refused ones are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, cast
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
+from werkzeug.wrappers import Response as ResponseBase
+
+from . import listing
+from .config import Settings
+from .errors import TusError
+from .hooks import HookRequest
+from .service import UploadService
+
+bp = Blueprint("web", __name__, template_folder="templates")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+TUS_BUNDLE = "tus.min.js"
+PAGE_ASSETS = (TUS_BUNDLE, "upload-page.js", "upload-page.css")
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+# The page runs only its own scripts and talks only to its own origin.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def init_app(app: Flask) -> None:
+    settings = cast(Settings, app.config["UPLOADSVC_SETTINGS"])
+    if settings.web_ui:
+        app.register_blueprint(bp)
+
+
+def _service() -> UploadService:
+    return cast(UploadService, current_app.extensions["uploadsvc"])
+
+
+def _asset_version() -> str:
+    """Changes whenever a page asset does, so browsers never mix old and new files."""
+    stamps = []
+    for name in PAGE_ASSETS:
+        try:
+            stamps.append(str((STATIC_DIR / name).stat().st_mtime_ns))
+        except FileNotFoundError:
+            stamps.append("0")
+    return hashlib.sha256("-".join(stamps).encode()).hexdigest()[:12]
+
+
+@bp.route("/", methods=["GET"])
+def page() -> Response:
+    html = render_template(
+        "upload_page.html",
+        version=_asset_version(),
+        have_tus=(STATIC_DIR / TUS_BUNDLE).is_file(),
+        max_size=_service().limits.max_size,
+    )
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = PAGE_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.cache_control.no_cache = True
+    return response
+
+
+@bp.route("/api/uploads", methods=["GET"])
+def uploads() -> ResponseBase:
+    """``{"uploads": [{id, filename, filetype, size, completed_at, url}]}``, newest first;
+    ``?limit=`` (default 50, at most 200). ``url`` is relative to the page."""
+    limit = min(max(request.args.get("limit", DEFAULT_LIMIT, type=int) or 1, 1), MAX_LIMIT)
+    service = _service()
+    headers = dict(request.headers)
+    shown: list[dict[str, Any]] = []
+    for upload in listing.recent_completed(service.sessions):
+        if len(shown) >= limit:
+            break
+        try:
+            service.hooks.authorize(
+                HookRequest(
+                    method="GET",
+                    path=f"/files/{upload.id}",
+                    upload_id=upload.id,
+                    headers=headers,
+                    remote_addr=request.remote_addr,
+                )
+            )
+        except TusError:
+            continue  # not theirs to see
+        shown.append(
+            {
+                "id": upload.id,
+                "filename": upload.filename,
+                "filetype": upload.filetype,
+                "size": upload.size,
+                "completed_at": upload.completed_at.isoformat().replace("+00:00", "Z"),
+                "url": f"files/{upload.id}",
+            }
+        )
+    response = jsonify({"uploads": shown})
+    response.headers["Cache-Control"] = "no-store"
+    return response
