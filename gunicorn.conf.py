@@ -24,6 +24,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 else:
     _OWN_METRICS_DIR = False
 
+from uploadsvc import check_reachable
 from uploadsvc.config import ConfigError, Settings
 from uploadsvc.hooks import load_hooks
 
@@ -31,13 +32,21 @@ wsgi_app = "wsgi:app"
 bind = os.environ.get("UPLOADSVC_BIND", "127.0.0.1:8080")
 worker_class = "gthread"
 workers = int(os.environ.get("UPLOADSVC_WORKERS", "2"))
-threads = int(os.environ.get("UPLOADSVC_THREADS", "32"))
+# Threads per worker: how many uploads one worker streams at once. A gthread worker
+# accepts connections it has no free thread for, and those wait until one ends, so this,
+# not workers x threads, must cover the slow uploads in flight: with 32, a probe waited
+# out 128 clients trickling a few KiB/s; with 128, its p99 was 33 ms (`make torture`).
+threads = int(os.environ.get("UPLOADSVC_THREADS", "128"))
 # Heartbeat limit for a worker's main loop, not a per-request limit under gthread.
 timeout = 60
 # On SIGTERM, PATCHes in flight get this long to finish before the worker is killed.
 graceful_timeout = 30
 # Clients upload chunk after chunk on one connection.
 keepalive = 75
+# gunicorn itself trusts X-Forwarded-Proto (and friends) from 127.0.0.1 by default, so any
+# client behind a local nginx could flip the scheme of Location. Forwarded headers are
+# uploadsvc's to trust, and only with UPLOADSVC_PROXY_HOPS (found by `make torture`).
+forwarded_allow_ips = ""
 # Headers carry metadata; keep them bounded but roomy enough for long filenames.
 limit_request_field_size = 16 * 1024
 # gunicorn's runtime control socket sits at one fixed path per user: several instances on
@@ -55,6 +64,8 @@ def on_starting(server: Any) -> None:
         settings = Settings.from_env()
         if settings.hooks:
             load_hooks(settings.hooks)
+        # A PostgreSQL registry or an S3 store that can't be reached: one line, too.
+        check_reachable(settings)
     except ConfigError as error:
         print(f"uploadsvc: {error}", file=sys.stderr)
         sys.exit(1)

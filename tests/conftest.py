@@ -12,7 +12,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.middleware.lint import LintMiddleware
 
-from uploadsvc import create_app
+from tests.pg import PostgresServer, start_postgres, stop_postgres
+from tests.s3 import AWS_ENV, S3Server, start_s3, stop_s3
+from uploadsvc import close_app, create_app
 from uploadsvc.service import UploadService
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -51,20 +53,115 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+# -- the registry: SQLite, and PostgreSQL for the suites below ----------------------------
+#
+# Tests that use the ``database`` fixture (the ``app`` fixture does) in these modules run
+# once per registry: on SQLite with lock files, and on PostgreSQL with advisory locks,
+# each test on a fresh database. Elsewhere ``database`` is "sqlite".
+DATABASES = ("sqlite", "postgresql")
+BOTH_DATABASES = frozenset(
+    {
+        "test_views.py",  # the service through the tus endpoints
+        "test_concat.py",
+        "test_downloads.py",
+        "test_migrations.py",
+        "test_s3_store.py",  # the service on S3 (its store-only tests run once)
+        "test_cleanup.py",
+        "live/test_tuspy_uploads.py",
+        "live/test_resume.py",
+        "live/test_takeover.py",
+        "live/test_concurrency.py",
+    }
+)
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database" not in metafunc.fixturenames:
+        return
+    module = Path(metafunc.definition.path).resolve().relative_to(TESTS_DIR).as_posix()
+    if module in BOTH_DATABASES:
+        metafunc.parametrize("database", DATABASES, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the session, started when first needed."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        stop_postgres(server)
+
+
+@pytest.fixture(scope="module")
+def database(request: pytest.FixtureRequest) -> str:
+    """Which registry: "sqlite" unless the module runs on both (see BOTH_DATABASES)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
 @pytest.fixture
-def app(data_dir: Path, clock: Clock) -> Flask:
+def database_url(database: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """A fresh PostgreSQL database's URL for the test, or None for SQLite (the default
+    file in the data dir)."""
+    if database == "sqlite":
+        yield None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    with server.database() as url:
+        yield url
+
+
+# -- an S3 endpoint (moto's server) --------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server on a loopback port for the session, started when first needed."""
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server
+    finally:
+        stop_s3(server)
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """boto3's credentials and region for moto, in this process's environment."""
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    return dict(AWS_ENV)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, aws_env: dict[str, str]) -> Iterator[str]:
+    """A fresh, empty bucket; emptied and removed after the test."""
+    bucket = s3_server.new_bucket()
+    yield bucket
+    s3_server.remove_bucket(bucket)
+
+
+def database_settings(database_url: str | None) -> dict[str, str]:
+    """create_app settings for ``database_url`` (none for SQLite)."""
+    return {} if database_url is None else {"DATABASE_URL": database_url}
+
+
+@pytest.fixture
+def app(data_dir: Path, clock: Clock, database_url: str | None) -> Iterator[Flask]:
     app = create_app(
         {
             "DATA_DIR": str(data_dir),
             "MAX_SIZE": "1000",
             "EXPIRE_AFTER": "3600",
             "LOCK_TIMEOUT": "0.2",
+            **database_settings(database_url),
         }
     )
     app.testing = True
     service(app).clock = clock
     app.wsgi_app = LintMiddleware(app.wsgi_app)  # type: ignore[method-assign]
-    return app
+    yield app
+    close_app(app)
 
 
 def service(app: Flask) -> UploadService:

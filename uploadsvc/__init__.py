@@ -6,7 +6,7 @@ store, locker and database engine.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -14,16 +14,18 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import cli, db, ops
-from .config import Settings
+from .config import PREFIX, ConfigError, Settings
 from .hooks import Hooks, load_hooks
+from .locking import Locker
 from .locking.filelock import FileLocker
 from .metrics import Metrics
 from .overrides import MethodOverride
 from .service import Limits, UploadService
+from .storage import StoreUnavailable, UploadStore
 from .storage.filesystem import FileStore
 from .transfers import TransferMonitor
 
-__all__ = ["create_app"]
+__all__ = ["check_reachable", "close_app", "create_app"]
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -36,7 +38,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = db.make_engine(settings.database_url)
-    db.upgrade(engine, settings.data_dir / "migrate.lock")
+    closers: list[Callable[[], None]] = [engine.dispose]
+    app.extensions["uploadsvc.closers"] = closers
+    try:
+        db.upgrade(engine, settings.data_dir / "migrate.lock")
+    except BaseException:
+        engine.dispose()
+        raise
     sessions = db.make_sessionmaker(engine)
     metrics = Metrics(sessions)
     hooks = Hooks(
@@ -44,10 +52,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         webhook_url=settings.webhook_url,
         listeners=[metrics.upload_event],
     )
-    locker = FileLocker(settings.locks_dir, on_wait=metrics.lock_waited)
+    locker = _locker(settings, metrics.lock_waited, closers)
     app.extensions["uploadsvc"] = UploadService(
         sessions,
-        FileStore(settings.files_dir, fsync=settings.fsync),
+        _store(settings, closers),
         locker,
         Limits(
             max_size=settings.max_size,
@@ -77,3 +85,60 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
     return app
+
+
+def _locker(
+    settings: Settings, on_wait: Callable[[float, bool], None], closers: list[Callable[[], None]]
+) -> Locker:
+    """Lock files under the data dir (one host, or a shared volume), or PostgreSQL
+    advisory locks (``UPLOADSVC_LOCKER=postgres``, the default with PostgreSQL)."""
+    if settings.locker == "postgres":
+        # Imported here: psycopg and boto3 take most of a second to import, which a
+        # single host (and its cron cleanup) need not pay.
+        from .locking.postgres import PostgresLocker
+
+        locker = PostgresLocker(db.libpq_conninfo(settings.database_url), on_wait=on_wait)
+        closers.append(locker.close)
+        return locker
+    return FileLocker(settings.locks_dir, on_wait=on_wait)
+
+
+def _store(settings: Settings, closers: list[Callable[[], None]]) -> UploadStore:
+    """Files under the data dir, or an S3 bucket (``UPLOADSVC_STORE=s3://...``)."""
+    if settings.s3_bucket is not None:
+        from .storage.s3 import S3Store  # see _locker
+
+        store = S3Store(
+            settings.s3_bucket,
+            settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            part_size=settings.s3_part_size,
+        )
+        closers.append(store.close)
+        return store
+    return FileStore(settings.files_dir, fsync=settings.fsync)
+
+
+def check_reachable(settings: Settings) -> None:
+    """Raise ``ConfigError`` (one line naming the setting) when the PostgreSQL registry
+    or the S3 store can't be reached. gunicorn.conf.py calls it before any worker
+    starts, so a wrong URL stops start-up instead of failing every request."""
+    if settings.postgres:
+        db.check_connection(settings.database_url)
+    if settings.s3_bucket is not None:
+        closers: list[Callable[[], None]] = []
+        try:
+            _store(settings, closers).check()
+        except StoreUnavailable as error:
+            raise ConfigError(f"{PREFIX}STORE: {error}") from None
+        finally:
+            for close in closers:
+                close()
+
+
+def close_app(app: Flask) -> None:
+    """Release what ``create_app`` opened: database connections, lock connections and
+    their listener thread, the S3 client. For tests and embedding apps; a server
+    process simply exits."""
+    for close in app.extensions.pop("uploadsvc.closers", []):
+        close()

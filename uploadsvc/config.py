@@ -15,6 +15,7 @@ from typing import Any
 
 PREFIX = "UPLOADSVC_"
 
+MIB = 1024**2
 GIB = 1024**3
 DEFAULT_MAX_SIZE = 5 * GIB
 # An unfinished upload lives a day after its creation or its last successful write:
@@ -34,6 +35,20 @@ DEFAULT_TOMBSTONE_TTL = 7 * 24 * 60 * 60
 # service.create writes the data file before it inserts the row, and the insert may wait
 # for SQLite's writer: a young file without a row is normal. An hour is far beyond that.
 DEFAULT_ORPHAN_GRACE = 60 * 60
+# S3 store (UPLOADSVC_STORE=s3://...): a PATCH body goes to the bucket in parts of this
+# size, and an active PATCH holds about one part in memory. S3 wants every part but the
+# last to be at least 5 MiB and allows at most 10,000 parts per object, so the part size
+# also bounds the largest upload (UPLOADSVC_MAX_SIZE <= 10,000 parts).
+MIN_S3_PART_SIZE = 5 * MIB
+MAX_S3_PART_SIZE = 5 * GIB
+MAX_S3_PARTS = 10_000
+DEFAULT_S3_PART_SIZE = 8 * MIB
+# UPLOADSVC_DATABASE_URL schemes: SQLite (one host) or PostgreSQL through psycopg 3.
+SQLITE_SCHEME = "sqlite"
+POSTGRES_SCHEMES = ("postgresql+psycopg", "postgresql")
+# UPLOADSVC_LOCKER values: lock files (one host, or a shared volume with flock) or
+# PostgreSQL advisory locks (several hosts).
+LOCKERS = ("file", "postgres")
 
 
 class ConfigError(ValueError):
@@ -68,6 +83,19 @@ class Settings:
     keep_completed: int | None = None
     # The upload page at / and its list of completed uploads (/api/uploads).
     web_ui: bool = False
+    # Several hosts (README "Running on several hosts"): per-upload locks in lock files
+    # or PostgreSQL advisory locks, and upload bytes under the data dir or in S3
+    # (``s3_bucket`` set; ``s3_prefix`` "" or ending in "/").
+    locker: str = "file"
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_part_size: int = DEFAULT_S3_PART_SIZE
+
+    @property
+    def postgres(self) -> bool:
+        """Whether the registry is on PostgreSQL."""
+        return self.database_url.startswith("postgresql")
 
     @property
     def files_dir(self) -> Path:
@@ -81,13 +109,23 @@ class Settings:
     def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
         """Build from ``{"DATA_DIR": ..., ...}`` (environment names without the prefix)."""
         data_dir = Path(str(values.get("DATA_DIR") or DEFAULT_DATA_DIR)).resolve()
-        database_url = str(values.get("DATABASE_URL") or f"sqlite:///{data_dir / 'uploadsvc.db'}")
-        if not database_url.startswith("sqlite"):
-            raise ConfigError(f"{PREFIX}DATABASE_URL: only sqlite URLs are supported")
+        database_url = _database_url(values, data_dir)
+        postgres = not database_url.startswith(SQLITE_SCHEME)
+        locker = _choice(values, "LOCKER", LOCKERS, "postgres" if postgres else "file")
+        if locker == "postgres" and not postgres:
+            raise ConfigError(f"{PREFIX}LOCKER: 'postgres' needs a PostgreSQL DATABASE_URL")
+        s3_bucket, s3_prefix = _store(values, "STORE")
+        s3_part_size = _s3_part_size(values, "S3_PART_SIZE")
+        max_size = _positive_int(values, "MAX_SIZE", DEFAULT_MAX_SIZE)
+        if s3_bucket is not None and max_size > MAX_S3_PARTS * s3_part_size:
+            raise ConfigError(
+                f"{PREFIX}MAX_SIZE: {max_size} needs more than {MAX_S3_PARTS} S3 parts of"
+                f" {s3_part_size} bytes; raise {PREFIX}S3_PART_SIZE"
+            )
         return cls(
             data_dir=data_dir,
             database_url=database_url,
-            max_size=_positive_int(values, "MAX_SIZE", DEFAULT_MAX_SIZE),
+            max_size=max_size,
             expire_after=_positive_int(values, "EXPIRE_AFTER", DEFAULT_EXPIRE_AFTER),
             lock_timeout=_positive_float(values, "LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
             fsync=_boolean(values, "FSYNC", True),
@@ -101,6 +139,11 @@ class Settings:
             orphan_grace=_positive_int(values, "ORPHAN_GRACE", DEFAULT_ORPHAN_GRACE),
             keep_completed=_optional_positive_int(values, "KEEP_COMPLETED"),
             web_ui=_boolean(values, "WEB_UI", False),
+            locker=locker,
+            s3_bucket=s3_bucket,
+            s3_prefix=s3_prefix,
+            s3_endpoint_url=_http_url(values, "S3_ENDPOINT_URL"),
+            s3_part_size=s3_part_size,
         )
 
     @classmethod
@@ -109,6 +152,60 @@ class Settings:
         return cls.from_mapping(
             {key[len(PREFIX) :]: value for key, value in env.items() if key.startswith(PREFIX)}
         )
+
+
+def _database_url(values: Mapping[str, Any], data_dir: Path) -> str:
+    """SQLite, or PostgreSQL through psycopg 3 (``postgresql://`` means the same)."""
+    value = _raw(values, "DATABASE_URL")
+    if value is None:
+        return f"sqlite:///{data_dir / 'uploadsvc.db'}"
+    url = str(value).strip()
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme == SQLITE_SCHEME:
+        return url
+    if sep and scheme in POSTGRES_SCHEMES and rest:
+        return f"{POSTGRES_SCHEMES[0]}://{rest}"
+    raise ConfigError(
+        f"{PREFIX}DATABASE_URL: use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"
+    )
+
+
+def _choice(values: Mapping[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = _raw(values, name)
+    if value is None:
+        return default
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ConfigError(f"{PREFIX}{name}: {value!r} is not one of {', '.join(choices)}")
+    return text
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+
+
+def _store(values: Mapping[str, Any], name: str) -> tuple[str | None, str]:
+    """``file`` (None, "") or ``s3://BUCKET[/PREFIX]`` (bucket, prefix ending in "/")."""
+    value = _raw(values, name)
+    if value is None or str(value).strip() == "file":
+        return None, ""
+    text = str(value).strip()
+    bucket, _, prefix = text.removeprefix("s3://").partition("/")
+    if not text.startswith("s3://") or not _BUCKET.fullmatch(bucket):
+        raise ConfigError(f"{PREFIX}{name}: {text!r} is not 'file' or 's3://BUCKET/PREFIX'")
+    prefix = prefix.strip("/")
+    if any(not part or part in (".", "..") for part in prefix.split("/") if prefix):
+        raise ConfigError(f"{PREFIX}{name}: {text!r} has an empty or dot path segment")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def _s3_part_size(values: Mapping[str, Any], name: str) -> int:
+    size = _positive_int(values, name, DEFAULT_S3_PART_SIZE)
+    if not MIN_S3_PART_SIZE <= size <= MAX_S3_PART_SIZE:
+        raise ConfigError(
+            f"{PREFIX}{name}: must be between {MIN_S3_PART_SIZE} (5 MiB) and"
+            f" {MAX_S3_PART_SIZE} (5 GiB), got {size}"
+        )
+    return size
 
 
 def _raw(values: Mapping[str, Any], name: str) -> Any:

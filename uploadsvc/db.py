@@ -1,4 +1,4 @@
-"""The database engine, its SQLite settings, and the schema kept at head at start-up."""
+"""The database engine (SQLite or PostgreSQL), and the schema kept at head at start-up."""
 
 from __future__ import annotations
 
@@ -8,20 +8,58 @@ from typing import Any
 import filelock
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+
+from .config import PREFIX, ConfigError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Seconds a connection waits for SQLite's single writer before "database is locked".
 BUSY_TIMEOUT = 30.0
+# PostgreSQL: seconds to wait for a connection to the server before giving up.
+PG_CONNECT_TIMEOUT = 10
+# Seconds a starting host waits for another host's migration before giving up.
+MIGRATE_TIMEOUT = 120.0
+# The advisory lock that serialises migrations across hosts. The two-integer form lives
+# in a key space of its own, apart from the one-bigint keys of per-upload locks
+# (locking/postgres.py), so the two can never collide. 0x75706c64 is "upld".
+MIGRATE_LOCK_KEY = (0x75706C64, 1)
 
 
 def make_engine(url: str) -> Engine:
+    if url.startswith("postgresql"):
+        # pool_pre_ping: a PostgreSQL restart (or failover) costs one reconnect, not one
+        # failed request per pooled connection.
+        return create_engine(
+            url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT}
+        )
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT})
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def libpq_conninfo(url: str) -> str:
+    """The libpq connection string of a ``postgresql+psycopg://`` URL, for connections
+    made with psycopg directly (advisory locks, LISTEN)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def check_connection(url: str) -> None:
+    """Connect once and run ``SELECT 1``; raise ``ConfigError`` naming the setting if
+    the database can't be reached (start-up check, see ``uploadsvc.check_reachable``)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as error:
+        place = make_url(url).render_as_string(hide_password=True)
+        reason = (str(getattr(error, "orig", None) or error).strip().splitlines() or ["?"])[0]
+        raise ConfigError(f"{PREFIX}DATABASE_URL: can't connect to {place}: {reason}") from None
+    finally:
+        engine.dispose()
 
 
 def _sqlite_on_connect(dbapi_connection: Any, record: Any) -> None:
@@ -56,7 +94,29 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, lock_path: Path) -> None:
-    """Bring the schema to head; several workers starting at once take turns."""
+    """Bring the schema to head; several workers starting at once take turns.
+
+    On SQLite the turns are a lock file beside the database (one host). On PostgreSQL
+    they are an advisory lock, so workers on several hosts starting at once take turns
+    too; it goes with its connection if a host dies mid-migration.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            # Autocommit: the lock belongs to the session, not to a transaction, and no
+            # transaction stays open on this connection while Alembic works on another.
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            timeout_ms = int(MIGRATE_TIMEOUT * 1000)
+            connection.execute(text(f"SET lock_timeout = {timeout_ms}"))
+            connection.execute(text("SELECT pg_advisory_lock(:a, :b)"), _migrate_key())
+            try:
+                command.upgrade(alembic_config(engine), "head")
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:a, :b)"), _migrate_key())
+        return
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(lock_path, timeout=120, preserve_lock_file=True):
+    with filelock.FileLock(lock_path, timeout=MIGRATE_TIMEOUT, preserve_lock_file=True):
         command.upgrade(alembic_config(engine), "head")
+
+
+def _migrate_key() -> dict[str, int]:
+    return {"a": MIGRATE_LOCK_KEY[0], "b": MIGRATE_LOCK_KEY[1]}

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 import uuid
 from typing import cast
@@ -23,6 +21,7 @@ from werkzeug.wrappers import Response as ResponseBase
 
 from .metrics import Metrics
 from .service import UploadService
+from .storage import StoreUnavailable
 
 log = logging.getLogger("uploadsvc.requests")
 
@@ -121,7 +120,7 @@ def metrics() -> Response:
 
 @bp.route("/healthz", methods=["GET"])
 def healthz() -> Response:
-    """200 when the database answers and the data directory takes a write."""
+    """200 when the database answers and the store takes a write (or, for S3, answers)."""
     service = cast(UploadService, current_app.extensions["uploadsvc"])
     problems = []
     try:
@@ -129,14 +128,12 @@ def healthz() -> Response:
             session.execute(text("SELECT 1"))
     except Exception as error:  # any failure here is what the check is for
         problems.append(f"database: {type(error).__name__}")
-    settings = current_app.config["UPLOADSVC_SETTINGS"]
+    # The store says how it checks itself: a probe file in the data directory, or a
+    # request to the S3 bucket (README "Running on several hosts").
     try:
-        with tempfile.NamedTemporaryFile(dir=settings.files_dir, prefix=".healthz-") as probe:
-            probe.write(b"ok")
-            probe.flush()
-            os.fsync(probe.fileno())
-    except OSError as error:
-        problems.append(f"data directory: {error.strerror or type(error).__name__}")
+        service.store.check()
+    except StoreUnavailable as error:
+        problems.append(str(error))
     if problems:
         return Response("; ".join(problems) + "\n", status=503, mimetype="text/plain")
     return Response("ok\n", mimetype="text/plain")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import protocol
@@ -24,6 +26,8 @@ from .errors import (
     BodyIncomplete,
     ChecksumMismatch,
     Forbidden,
+    HookFailed,
+    InsufficientStorage,
     InvalidHeader,
     OffsetMismatch,
     TusError,
@@ -175,7 +179,8 @@ class UploadService:
 
     def _chosen_id(self, upload_id: str) -> str:
         if not protocol.UPLOAD_ID.fullmatch(upload_id):
-            raise ValueError(f"pre_create hook chose an invalid upload id {upload_id!r}")
+            log.error("pre_create hook chose an invalid upload id %r", upload_id)
+            raise HookFailed("the server's pre-create hook chose an invalid id")
         with self.sessions.begin() as session:
             if session.get(Upload, upload_id) is not None:
                 raise UploadExists()
@@ -183,6 +188,9 @@ class UploadService:
 
     def _finished(self, info: UploadInfo) -> UploadInfo:
         """An upload just completed: pre-finish shapes the response, post-finish follows."""
+        # Its bytes are final: a store keeping them in pieces (S3 parts) joins them now,
+        # before the hooks, so they find one whole object.
+        self.store.finish(info.id)
         info = replace(info, finish_headers=self.hooks.pre_finish(info))
         self.hooks.emit("post-finish", info)
         return info
@@ -498,12 +506,22 @@ class UploadService:
         if not verified:
             self.store.truncate(upload_id, start)
         size = self.store.size(upload_id)
-        with self.sessions.begin() as session:
-            row = session.get(Upload, upload_id)
-            if row is None:
-                raise UploadNotFound()
-            row.offset = start if size is None else size
-            row.verifying = False
-            row.updated_at = self.clock()
-            self._mark_complete_if_done(row)
-            return UploadInfo.of(row)
+        try:
+            with self.sessions.begin() as session:
+                row = session.get(Upload, upload_id)
+                if row is None:
+                    raise UploadNotFound()
+                row.offset = start if size is None else size
+                row.verifying = False
+                row.updated_at = self.clock()
+                self._mark_complete_if_done(row)
+                return UploadInfo.of(row)
+        except OperationalError as error:
+            if getattr(error.orig, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise
+            # The registry's disk is full too, so it can't learn of the new bytes: put
+            # the file back to what the registry says (freeing their space) and tell the
+            # client to resume from there. Left in place, they would make every later
+            # request, HEAD included, try to record them and fail the same way.
+            self.store.truncate(upload_id, start)
+            raise InsufficientStorage("no space left to record the upload", offset=start) from error

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Iterable
+from typing import BinaryIO, cast
 
 from flask import Blueprint, Response, current_app, request, url_for
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as ResponseBase
-from werkzeug.wsgi import wrap_file
+from werkzeug.wsgi import FileWrapper, wrap_file
 
 from . import body, cors, downloads, protocol
 from .config import Settings
-from .errors import InvalidHeader, TusError, UnsupportedVersion, UploadTooLarge
+from .errors import (
+    InsufficientStorage,
+    InvalidHeader,
+    TusError,
+    UnsupportedVersion,
+    UploadTooLarge,
+)
 from .hooks import HookRequest
 from .models import Concat
 from .service import UploadInfo, UploadService
@@ -34,6 +41,7 @@ EXTENSIONS = (
     "concatenation",
     "concatenation-unfinished",
 )
+SQLITE_FULL = 13  # sqlite3's "database or disk is full"
 # Requests a browser makes without tus headers: preflights and plain downloads.
 NO_TUS_HEADER_METHODS = frozenset({"OPTIONS", "GET"})
 
@@ -138,9 +146,7 @@ def download(upload_id: str) -> ResponseBase:
     info, file = service().download(upload_id)
     metadata = protocol.parse_metadata(info.metadata)
     mimetype, inline = downloads.content_type(metadata.get("filetype"))
-    response = Response(
-        wrap_file(request.environ, file), content_type=mimetype, direct_passthrough=True
-    )
+    response = Response(_file_body(file), content_type=mimetype, direct_passthrough=True)
     response.content_length = info.offset
     response.headers["Content-Disposition"] = downloads.content_disposition(
         metadata.get("filename"), inline
@@ -158,6 +164,15 @@ def download(upload_id: str) -> ResponseBase:
     except HTTPException:
         file.close()
         raise
+
+
+def _file_body(file: BinaryIO) -> Iterable[bytes]:
+    """The download's body. A range is served by seeking: Werkzeug's wrapper can, the
+    server's (gunicorn's, made for sendfile) can't, and Werkzeug would read and drop
+    every byte before the range: from S3, a GET of all of them."""
+    if "Range" in request.headers:
+        return FileWrapper(file)
+    return wrap_file(request.environ, file)
 
 
 @bp.route("/<upload_id>", methods=["PATCH"])
@@ -247,6 +262,14 @@ def tus_error(error: TusError) -> Response:
     else:
         log.info("%s %s: %d %s", request.method, request.path, error.status, error.message)
     return _error_response(error)
+
+
+@bp.app_errorhandler(OperationalError)
+def database_error(error: OperationalError) -> Response:
+    """A full disk under SQLite is the operator's to fix, not a bug: 507, like data."""
+    if getattr(error.orig, "sqlite_errorcode", None) == SQLITE_FULL:
+        return tus_error(InsufficientStorage("no space left for the upload registry"))
+    raise error
 
 
 @bp.app_errorhandler(HTTPException)

@@ -25,13 +25,15 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import urlsplit
 
 import pytest
 from tusclient import client
+
+from tests.pg import PostgresServer
 
 T = TypeVar("T")
 
@@ -355,6 +357,9 @@ class LiveServer:
     log_path: Path
     port: int
     proc: subprocess.Popen[bytes]
+    # The UPLOADSVC_* settings it was started with beyond the data dir (a restart in the
+    # same base_dir passes them again: the same registry, store and locker).
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def origin(self) -> str:
@@ -447,7 +452,7 @@ def start_server(base_dir: Path, env_overrides: Mapping[str, str] | None = None)
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = LiveServer(base_dir, data_dir, log_path, port, proc)
+    server = LiveServer(base_dir, data_dir, log_path, port, proc, dict(env_overrides or {}))
     try:
         _wait_ready(server)
     except BaseException:
@@ -482,18 +487,35 @@ def _wait_ready(server: LiveServer) -> None:
 
 
 class _ServerPool:
-    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+    def __init__(
+        self, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer | None = None
+    ) -> None:
         self._tmp = tmp_path_factory
         self.servers: list[LiveServer] = []
+        # With PostgreSQL (tests/conftest.py's ``database``), each server gets a fresh
+        # database unless the test names one (several hosts share theirs).
+        self.postgres = postgres
+        self.databases: list[str] = []
 
     def start(self, **env: str) -> LiveServer:
+        if self.postgres is not None and "UPLOADSVC_DATABASE_URL" not in env:
+            name = self.postgres.new_database()
+            self.databases.append(name)
+            env = {"UPLOADSVC_DATABASE_URL": self.postgres.url(name), **env}
         server = start_server(self._tmp.mktemp("uploadsvc"), env)
         self.servers.append(server)
         return server
 
     def close(self) -> None:
-        for server in self.servers:
-            server.stop()
+        # At once: each gunicorn takes a second or two to stop.
+        stoppers = [threading.Thread(target=server.stop) for server in self.servers]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join(timeout=STOP_TIMEOUT * 3)
+        if self.postgres is not None:
+            for name in self.databases:
+                self.postgres.drop_database(name)
         problems = [
             f"{server.log_path}:\n{server.log_text()[-6000:]}"
             for server in self.servers
@@ -503,10 +525,19 @@ class _ServerPool:
             pytest.fail("server log contains a traceback:\n" + "\n\n".join(problems))
 
 
+def _postgres_for(database: str, request: pytest.FixtureRequest) -> PostgresServer | None:
+    if database != "postgresql":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server
+
+
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live_server(
+    tmp_path_factory: pytest.TempPathFactory, database: str, request: pytest.FixtureRequest
+) -> Iterator[LiveServer]:
     """One server per test module (own data dir); its log is checked at module end."""
-    pool = _ServerPool(tmp_path_factory)
+    pool = _ServerPool(tmp_path_factory, _postgres_for(database, request))
     try:
         yield pool.start()
     finally:
@@ -515,11 +546,12 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 @pytest.fixture
 def server_factory(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, database: str, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., LiveServer]]:
     """Start fresh servers (keyword args become environment, e.g. UPLOADSVC_MAX_SIZE="10");
-    all are stopped, and their logs checked, when the test ends."""
-    pool = _ServerPool(tmp_path_factory)
+    all are stopped, and their logs checked, when the test ends. On the PostgreSQL run of
+    a module (tests/conftest.py's BOTH_DATABASES) each gets a fresh PostgreSQL database."""
+    pool = _ServerPool(tmp_path_factory, _postgres_for(database, request))
     try:
         yield pool.start
     finally:

@@ -128,7 +128,7 @@ def test_sigterm_keeps_bytes_and_offset(server_factory: Callable[..., LiveServer
     finally:
         for sock in sockets:
             sock.close()
-    restarted = start_server(server.base_dir)
+    restarted = start_server(server.base_dir, server.env)
     try:
         for index, url in enumerate(urls):
             moved = f"{restarted.endpoint}{upload_id(url)}"

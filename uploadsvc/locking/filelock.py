@@ -22,6 +22,8 @@ LOCK_SUFFIX = ".lock"
 # A waiting request's ask to the holder to let go: a file beside the lock file, so it
 # reaches a holder in any process on the host.
 RELEASE_SUFFIX = ".release"
+# Seconds a release request stands: longer than any lock wait (UPLOADSVC_LOCK_TIMEOUT).
+RELEASE_REQUEST_TTL = 30.0
 
 
 class FileLocker:
@@ -76,7 +78,13 @@ class FileLocker:
                 self.on_wait(time.monotonic() - started, acquired)
 
     def release_requested(self, upload_id: str) -> bool:
-        return self._release_path(upload_id).exists()
+        try:
+            requested = self._release_path(upload_id).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        # A waiter removes its request when it stops waiting; one killed meanwhile
+        # leaves it behind, so an old request is taken as withdrawn.
+        return time.time() - requested < RELEASE_REQUEST_TTL
 
     def _release_path(self, upload_id: str) -> Path:
         return self._path(upload_id).with_suffix(RELEASE_SUFFIX)

@@ -7,6 +7,10 @@ from datetime import datetime
 from typing import BinaryIO, Protocol
 
 
+class StoreUnavailable(Exception):
+    """The store can't be reached or written; the message says where and why, briefly."""
+
+
 class UploadStore(Protocol):
     """Byte storage for uploads, addressed by upload id.
 
@@ -32,7 +36,16 @@ class UploadStore(Protocol):
         """Fill ``upload_id`` with the sources' bytes, in order (concatenation)."""
         ...
 
-    def open(self, upload_id: str) -> BinaryIO: ...
+    def finish(self, upload_id: str) -> None:
+        """The upload is complete: its bytes will not change again. A store that keeps
+        bytes in pieces while they arrive makes them one object now (S3 completes the
+        multipart upload), so that post-finish hooks find it whole. Best effort: a store
+        that couldn't must still do it in ``open`` or ``compose``."""
+        ...
+
+    def open(self, upload_id: str) -> BinaryIO:
+        """The upload's bytes, for reading: a seekable file (ranged downloads)."""
+        ...
 
     def delete(self, upload_id: str) -> None:
         """Remove the data; idempotent."""
@@ -43,4 +56,9 @@ class UploadStore(Protocol):
 
         For cleanup, which finds data the registry no longer knows.
         """
+        ...
+
+    def check(self) -> None:
+        """Raise ``StoreUnavailable`` if the store can't be reached or written (/healthz,
+        and the start-up check)."""
         ...

@@ -6,14 +6,18 @@ import errno
 import os
 import shutil
 import stat
+import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import InsufficientStorage
+from . import StoreUnavailable
 
 COPY_BLOCK = 1024 * 1024
+# A long append hands its data to writeback in steps of this many bytes.
+WRITEBACK_STEP = 8 * 1024 * 1024
 
 
 class FileStore:
@@ -44,7 +48,7 @@ class FileStore:
                 # Anything past the offset is unrecorded (a crash mid-write); the
                 # caller checked the offset, so those bytes are overwritten.
                 os.ftruncate(fd, offset)
-                position = offset
+                position = written_back = offset
                 try:
                     for chunk in chunks:
                         view = memoryview(chunk)
@@ -52,6 +56,14 @@ class FileStore:
                             written = os.pwrite(fd, view, position)
                             position += written
                             view = view[written:]
+                        if position - written_back >= WRITEBACK_STEP:
+                            # Start writing back what landed, without waiting for it:
+                            # dirty pages don't pile up for the final fsync (measured:
+                            # 1 GiB PATCHes ~1.5x faster; bench/README).
+                            os.posix_fadvise(
+                                fd, written_back, position - written_back, os.POSIX_FADV_DONTNEED
+                            )
+                            written_back = position
                 finally:
                     # Whatever landed is made durable, even when the body broke off.
                     if self.fsync:
@@ -61,10 +73,17 @@ class FileStore:
                 os.close(fd)
 
     def size(self, upload_id: str) -> int | None:
+        # open + fstat, not stat: on a volume shared by several hosts (NFS), opening
+        # revalidates the file's attributes (close-to-open consistency), so the size
+        # another host just wrote is seen; a path's stat may answer from a stale cache.
         try:
-            return self._path(upload_id).stat().st_size
+            fd = os.open(self._path(upload_id), os.O_RDONLY)
         except FileNotFoundError:
             return None
+        try:
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
 
     def truncate(self, upload_id: str, size: int) -> None:
         with _disk_errors():
@@ -85,6 +104,9 @@ class FileStore:
             target.flush()
             if self.fsync:
                 os.fsync(target.fileno())
+
+    def finish(self, upload_id: str) -> None:
+        """A file is whole all along."""
 
     def open(self, upload_id: str) -> BinaryIO:
         return self._path(upload_id).open("rb")
@@ -107,6 +129,17 @@ class FileStore:
                 if stat.S_ISREG(info.st_mode):
                     found.append((entry.name, datetime.fromtimestamp(info.st_mtime, UTC)))
         return found
+
+    def check(self) -> None:
+        """The directory takes a write that reaches the disk."""
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.directory, prefix=".healthz-") as probe:
+                probe.write(b"ok")
+                probe.flush()
+                os.fsync(probe.fileno())
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise StoreUnavailable(f"data directory: {reason}") from error
 
 
 def _safe_id(upload_id: str) -> bool:
