@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= var
 BIND ?= 127.0.0.1:8080
 
-.PHONY: install js web serve test lint typecheck torture clean
+.PHONY: install js web serve test lint typecheck torture bench clean
 
 install: $(STAMP) js web
 
@@ -77,6 +77,12 @@ test: lint typecheck
 # replays or narrows a run; the table lands in torture-results/latest.json.
 torture: install
 	$(BIN)/python -m torture $(TORTURE_ARGS)
+
+# Throughput, latency and memory against this machine's limit and a plain Flask baseline
+# (loopback only, about 10 minutes; not part of `make test`). BENCH_ARGS="--quick" for a
+# 2-minute look, "--big" adds a 10 GiB upload; the table lands in bench-results/latest.json.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache $(JS_DIR)/node_modules \

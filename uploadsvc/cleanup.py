@@ -8,9 +8,9 @@ Framework-free: ``flask cleanup`` (cli.py) builds a ``Cleaner`` and prints its
 2. completed: with a retention set, completed uploads older than it, likewise.
 3. gone: live rows whose data file vanished become tombstones too.
 4. purged: tombstones older than the TTL lose their row (the URL then answers 404).
-5. orphans: data files without a live row, lock files without any row. Files without
-   any row must be older than a grace period: ``service.create`` writes the data file
-   before it inserts the row, so a young row-less file is an upload being born.
+5. orphans: data and lock files without a live row. Files without any row must be older
+   than a grace period: ``service.create`` writes the data file before it inserts the
+   row, so a young row-less file is an upload being born.
 
 Everything it changes, it changes under the upload's lock taken with timeout 0: a busy
 upload is skipped (left for the next run), never waited for, and the row is read again
@@ -212,21 +212,16 @@ class Cleaner:
         locks = dict(self.locker.scan())
         states = self._states(files.keys() | locks.keys())
 
-        def stray_file(upload_id: str, modified_at: datetime) -> bool:
+        def stray(upload_id: str, modified_at: datetime) -> bool:
             state = states.get(upload_id)
             if state is None:
                 return modified_at <= old
-            # A tombstone's data is a crash's leftover; a tombstone never comes back to
-            # life, so it needs no grace.
+            # A tombstone's files are a crash's leftovers; a tombstone never comes back
+            # to life, so they need no grace.
             return state in TOMBSTONES
 
-        def stray_lock(upload_id: str, modified_at: datetime) -> bool:
-            # Every 410 answer makes a tombstone's lock file again: it goes when the
-            # tombstone is purged, not every run (that would be cron mail every run).
-            return upload_id not in states and modified_at <= old
-
-        stray_files = {i for i, modified_at in files.items() if stray_file(i, modified_at)}
-        stray_locks = {i for i, modified_at in locks.items() if stray_lock(i, modified_at)}
+        stray_files = {i for i, modified_at in files.items() if stray(i, modified_at)}
+        stray_locks = {i for i, modified_at in locks.items() if stray(i, modified_at)}
 
         def remove(upload_id: str) -> bool:
             with self.sessions.begin() as session:
