@@ -66,6 +66,7 @@ def test_options_advertises_what_works(client: FlaskClient) -> None:
             "termination",
             "expiration",
             "checksum",
+            "checksum-trailer",
             "concatenation",
             "concatenation-unfinished",
         ]

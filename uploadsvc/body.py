@@ -78,11 +78,16 @@ def content_length(environ: Mapping[str, Any]) -> int | None:
     return int(raw) if raw.isdigit() else 0
 
 
-def read_body(environ: Mapping[str, Any], block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
+def read_body(
+    environ: Mapping[str, Any],
+    block_size: int = BLOCK_SIZE,
+    trailers: dict[str, str] | None = None,
+) -> Iterator[bytes]:
     """The body in blocks; nothing is read until the first block is asked for.
 
     ``block_size`` bounds the blocks of the generic path; the socket path yields blocks
-    of up to ``SOCKET_BLOCK_SIZE``.
+    of up to ``SOCKET_BLOCK_SIZE``. ``trailers`` receives a chunked body's trailer
+    fields (lower-case names) once the body has ended, on the socket path.
     """
     source = _gunicorn(environ)
     if source is None:
@@ -90,7 +95,13 @@ def read_body(environ: Mapping[str, Any], block_size: int = BLOCK_SIZE) -> Itera
     elif isinstance(source.reader, _gbody.LengthReader):
         yield from _sized_from_socket(source)
     else:
-        yield from _chunked_from_socket(source)
+        yield from _chunked_from_socket(source, trailers)
+
+
+def trailers_supported(environ: Mapping[str, Any]) -> bool:
+    """Whether ``read_body`` can hand over trailer fields for this request."""
+    source = _gunicorn(environ)
+    return source is not None and not isinstance(source.reader, _gbody.LengthReader)
 
 
 def _from_wsgi_input(environ: Mapping[str, Any], block_size: int) -> Iterator[bytes]:
@@ -204,7 +215,7 @@ def _sized_from_socket(src: _Source) -> Iterator[bytes]:
         yield block
 
 
-def _chunked_from_socket(src: _Source) -> Iterator[bytes]:
+def _chunked_from_socket(src: _Source, trailers: dict[str, str] | None = None) -> Iterator[bytes]:
     """A chunked body, decoded from the socket in place, data moved to the buffer's front.
 
     Keep-alive: once this takes over, gunicorn's ChunkedReader no longer knows where the
@@ -276,9 +287,12 @@ def _chunked_from_socket(src: _Source) -> Iterator[bytes]:
                 continue
             idx = buf.find(b"\r\n\r\n", pos, end)
             if idx >= 0:
-                if not _valid_trailers(bytes(buf[pos:idx])):
+                section = bytes(buf[pos:idx])
+                if not _valid_trailers(section):
                     failure = "invalid trailer section"
                     break
+                if trailers is not None:
+                    trailers.update(_trailer_fields(section))
                 pos = idx + 4
                 done = True
                 continue
@@ -354,6 +368,15 @@ def _chunk_size(line: bytes) -> int | None:
     if not size or not _HEX_DIGITS.issuperset(size):
         return None
     return int(size, 16)
+
+
+def _trailer_fields(section: bytes) -> dict[str, str]:
+    """Validated trailer fields as ``{lower-case name: value}``."""
+    fields = {}
+    for line in section.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        fields[name.decode("ascii").lower()] = value.strip(b" \t").decode("latin-1")
+    return fields
 
 
 def _valid_trailers(section: bytes) -> bool:

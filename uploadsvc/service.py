@@ -100,15 +100,16 @@ class UploadInfo:
 
 @dataclass
 class _BodyGuard:
-    """Passes body chunks through, stopping at ``limit`` bytes and hashing them."""
+    """Passes body chunks through, stopping at ``limit`` bytes and hashing them with
+    each of ``algorithms`` (all of them when the checksum comes as a trailer)."""
 
     limit: int
-    checksum: protocol.Checksum | None
+    algorithms: Iterable[str] = ()
     received: int = 0
     overflow: bool = False
 
     def __post_init__(self) -> None:
-        self.hasher = self.checksum.hasher() if self.checksum else None
+        self.hashers = {name: protocol.CHECKSUM_ALGORITHMS[name]() for name in self.algorithms}
 
     def wrap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
@@ -119,17 +120,17 @@ class _BodyGuard:
                 chunk = chunk[:room]
             if chunk:
                 self.received += len(chunk)
-                if self.hasher is not None:
-                    self.hasher.update(chunk)
+                for hasher in self.hashers.values():
+                    hasher.update(chunk)
                 yield chunk
             if self.overflow:
                 return
 
-    @property
-    def verified(self) -> bool:
-        if self.checksum is None or self.hasher is None:
-            return True
-        return bool(self.hasher.digest() == self.checksum.digest) and not self.overflow
+    def matches(self, checksum: protocol.Checksum | None) -> bool:
+        if checksum is None:
+            return True  # nothing to verify; an overflow keeps what fit
+        hasher = self.hashers[checksum.algorithm]
+        return bool(hasher.digest() == checksum.digest) and not self.overflow
 
 
 class UploadService:
@@ -310,14 +311,18 @@ class UploadService:
         content_length: int | None = None,
         length: int | None = None,
         checksum: protocol.Checksum | None = None,
+        trailer: Callable[[], str | None] | None = None,
     ) -> UploadInfo:
         """Write a PATCH body at ``offset``.
 
         ``content_length`` is the announced body size (None for chunked bodies);
-        ``length`` is an ``Upload-Length`` declared now for a deferred upload.
+        ``length`` is an ``Upload-Length`` declared now for a deferred upload;
+        ``trailer``, when the client announced an ``Upload-Checksum`` trailer, returns
+        its value once the body has ended (checksum-trailer).
         Every byte that lands is recorded, whatever happens to the request; a checksum
         that doesn't match discards the whole body.
         """
+        verify = checksum is not None or trailer is not None
         with self._locked(upload_id):
             with self.sessions.begin() as session:
                 row = self._load(session, upload_id)
@@ -339,22 +344,30 @@ class UploadService:
                 if length is not None:
                     row.updated_at = self.clock()
                     self._mark_complete_if_done(row)
-                row.verifying = checksum is not None
+                row.verifying = verify
                 before = UploadInfo.of(row)
             if before.complete:
                 # Declaring the length completed it, or it was complete already.
                 return self._finished(before) if length is not None else before
-            guard = _BodyGuard(limit, checksum)
+            if checksum is not None:
+                algorithms: Iterable[str] = (checksum.algorithm,)
+            else:
+                algorithms = protocol.CHECKSUM_ALGORITHMS if trailer is not None else ()
+            guard = _BodyGuard(limit, algorithms)
             try:
                 self.store.append(upload_id, offset, guard.wrap(chunks))
+                if trailer is not None and checksum is None:
+                    checksum = protocol.parse_checksum(trailer())
+                    if checksum is None:
+                        raise InvalidHeader("the announced Upload-Checksum trailer never came")
             except TusError as error:
-                info = self._record_write(upload_id, offset, verified=checksum is None)
+                info = self._record_write(upload_id, offset, verified=not verify)
                 error.offset = info.offset
                 raise
             except BaseException:
-                self._record_write(upload_id, offset, verified=checksum is None)
+                self._record_write(upload_id, offset, verified=not verify)
                 raise
-            if not guard.verified:
+            if not guard.matches(checksum):
                 info = self._record_write(upload_id, offset, verified=False)
                 if guard.overflow:
                     raise UploadTooLarge("body exceeds Upload-Length", offset=info.offset)

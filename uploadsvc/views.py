@@ -38,6 +38,7 @@ EXTENSIONS = (
     "termination",
     "expiration",
     "checksum",
+    "checksum-trailer",
     "concatenation",
     "concatenation-unfinished",
 )
@@ -205,15 +206,30 @@ def _append(
     length: int | None = None,
 ) -> UploadInfo:
     monitor = cast(TransferMonitor, current_app.extensions["uploadsvc.transfers"])
-    chunks = monitor.track(upload_id, body.read_body(request.environ), _stopper())
+    trailers: dict[str, str] = {}
+    chunks = monitor.track(
+        upload_id, body.read_body(request.environ, trailers=trailers), _stopper()
+    )
     return svc.append(
         upload_id,
         offset,
         chunks,
+        trailer=_checksum_trailer(trailers) if checksum is None else None,
         content_length=body.content_length(request.environ),
         length=length,
         checksum=checksum,
     )
+
+
+def _checksum_trailer(trailers: dict[str, str]) -> Callable[[], str | None] | None:
+    """checksum-trailer: a chunked body announcing ``Trailer: Upload-Checksum`` is
+    hashed as it streams and checked against the trailer's value at its end."""
+    announced = request.headers.get("Trailer", "").lower().replace(" ", "").split(",")
+    if "upload-checksum" not in announced:
+        return None
+    if not body.trailers_supported(request.environ):
+        raise InvalidHeader("Upload-Checksum as a trailer needs a chunked body")
+    return lambda: trailers.get("upload-checksum")
 
 
 def _stopper() -> Callable[[], None]:
