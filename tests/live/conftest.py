@@ -605,3 +605,59 @@ def run_node(
         details = json.dumps(result, indent=1)[:12000]
         pytest.fail(f"{script} failed (exit {proc.returncode}):\n{details}\nstderr:\n{stderr}")
     return lines
+
+
+# --------------------------------------------------------------------------- nginx
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+@contextlib.contextmanager
+def run_nginx(site: str, workdir: Path) -> Iterator[str]:
+    """Run real nginx with ``site`` (a server block, its ``listen 80;`` moved to a free
+    loopback port) until the block ends; yield its origin once /uploads/files/ answers."""
+    if not Path(NGINX).exists():
+        pytest.skip("nginx is not installed (.ci/run installs Debian's nginx)")
+    port = free_port()
+    assert "listen 80;" in site
+    site = site.replace("listen 80;", f"listen {HOST}:{port};")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "site.conf").write_text(site)
+    temp = {name: workdir / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    (workdir / "nginx.conf").write_text(
+        f"""
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {workdir}/access.log;
+    client_body_temp_path {temp["body"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
+    include {workdir}/site.conf;
+}}
+"""
+    )
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        origin = f"http://{HOST}:{port}"
+        for _ in range(100):  # up to 10 s
+            with contextlib.suppress(OSError):
+                if http_request("OPTIONS", f"{origin}/uploads/files/", timeout=2).status == 204:
+                    break
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {proc.stderr.read() if proc.stderr else ''!r}")
+            time.sleep(0.1)
+        yield origin
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,9 +19,9 @@ from tests.live.conftest import (
     MiB,
     build_request,
     connect,
-    free_port,
     http_request,
     random_bytes,
+    run_nginx,
     sha256_bytes,
     sha256_file,
     tus_headers,
@@ -31,59 +29,15 @@ from tests.live.conftest import (
     wait_until_delivered,
 )
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
 
 @contextlib.contextmanager
 def nginx_in_front(server: LiveServer, workdir: Path) -> Iterator[str]:
-    """Run nginx with deploy/nginx.conf (ports rewritten for the test); yield its origin."""
-    if not Path(NGINX).exists():
-        pytest.skip("nginx is not installed (.ci/run installs Debian's nginx)")
-    port = free_port()
+    """Run nginx with deploy/nginx.conf, its upstream pointed at ``server``."""
     site = (REPO_ROOT / "deploy" / "nginx.conf").read_text()
+    assert "server 127.0.0.1:8080;" in site
     site = site.replace("server 127.0.0.1:8080;", f"server {HOST}:{server.port};")
-    site = site.replace("listen 80;", f"listen {HOST}:{port};")
-    assert f"listen {HOST}:{port};" in site and str(server.port) in site
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "site.conf").write_text(site)
-    temp = {name: workdir / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    (workdir / "nginx.conf").write_text(
-        f"""
-worker_processes 1;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {workdir}/access.log;
-    client_body_temp_path {temp["body"]};
-    proxy_temp_path {temp["proxy"]};
-    fastcgi_temp_path {temp["fastcgi"]};
-    uwsgi_temp_path {temp["uwsgi"]};
-    scgi_temp_path {temp["scgi"]};
-    include {workdir}/site.conf;
-}}
-"""
-    )
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        origin = f"http://{HOST}:{port}"
-        for _ in range(100):  # up to 10 s
-            with contextlib.suppress(OSError):
-                if http_request("OPTIONS", f"{origin}/uploads/files/", timeout=2).status == 204:
-                    break
-            if proc.poll() is not None:
-                raise RuntimeError(f"nginx exited: {proc.stderr.read() if proc.stderr else ''!r}")
-            time.sleep(0.1)
+    with run_nginx(site, workdir) as origin:
         yield origin
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -36,11 +35,11 @@ from .conftest import (
     build_request,
     call_with_deadline,
     connect,
-    free_port,
     http_request,
     make_data_file,
     random_bytes,
     read_response_head,
+    run_nginx,
     run_node,
     sha256_bytes,
     tus_headers,
@@ -49,7 +48,6 @@ from .conftest import (
 )
 from .conftest import _ServerPool as ServerPool
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PART = 5 * MiB  # the smallest S3 part: PATCHes cross part boundaries cheaply
 HOSTS = ("uploads-a.internal:8080", "uploads-b.internal:8080")
 RETRIES = 40  # bounded client retries (502 while nginx notices a dead host, 423)
@@ -75,56 +73,14 @@ class Cluster:
 
 @contextlib.contextmanager
 def nginx_for(hosts: list[LiveServer], workdir: Path) -> Iterator[str]:
-    """Run nginx with deploy/nginx-two-hosts.conf, its hosts and port rewritten to ours."""
-    if not Path(NGINX).exists():
-        pytest.skip("nginx is not installed (.ci/run installs Debian's nginx)")
-    port = free_port()
+    """Run nginx with deploy/nginx-two-hosts.conf, its hosts rewritten to ours."""
     site = (REPO_ROOT / "deploy" / "nginx-two-hosts.conf").read_text()
     for name, host in zip(HOSTS, hosts, strict=True):
         assert f"server {name} " in site
         site = site.replace(f"server {name} ", f"server {HOST}:{host.port} ")
-    site = site.replace("listen 80;", f"listen {HOST}:{port};")
     assert "proxy_next_upstream off;" in site
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "site.conf").write_text(site)
-    temp = {name: workdir / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    (workdir / "nginx.conf").write_text(
-        f"""
-worker_processes 1;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {workdir}/access.log;
-    client_body_temp_path {temp["body"]};
-    proxy_temp_path {temp["proxy"]};
-    fastcgi_temp_path {temp["fastcgi"]};
-    uwsgi_temp_path {temp["uwsgi"]};
-    scgi_temp_path {temp["scgi"]};
-    include {workdir}/site.conf;
-}}
-"""
-    )
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        origin = f"http://{HOST}:{port}"
-        for _ in range(100):  # up to 10 s
-            with contextlib.suppress(OSError):
-                if http_request("OPTIONS", f"{origin}/uploads/files/", timeout=2).status == 204:
-                    break
-            if proc.poll() is not None:
-                raise RuntimeError(f"nginx exited: {proc.stderr.read() if proc.stderr else ''!r}")
-            time.sleep(0.1)
+    with run_nginx(site, workdir) as origin:
         yield origin
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 @contextlib.contextmanager
