@@ -63,6 +63,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             lock_timeout=settings.lock_timeout,
         ),
         hooks=hooks,
+        readers=db.make_readers(engine),
     )
     app.extensions["uploadsvc.transfers"] = TransferMonitor(
         locker,

@@ -41,6 +41,12 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def make_readers(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose transactions only read: on SQLite they begin DEFERRED and, in WAL
+    mode, never wait for the writer (BEGIN IMMEDIATE serialises every HEAD otherwise)."""
+    return sessionmaker(engine.execution_options(uploadsvc_read_only=True), expire_on_commit=False)
+
+
 def libpq_conninfo(url: str) -> str:
     """The libpq connection string of a ``postgresql+psycopg://`` URL, for connections
     made with psycopg directly (advisory locks, LISTEN)."""
@@ -79,7 +85,8 @@ def _sqlite_on_begin(connection: Any) -> None:
     # BEGIN IMMEDIATE takes the write lock up front. A deferred transaction that reads,
     # then writes, fails at once with "database is locked" when another connection
     # wrote meanwhile: busy_timeout can't help an upgrade from reader to writer.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    read_only = connection.get_execution_options().get("uploadsvc_read_only", False)
+    connection.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

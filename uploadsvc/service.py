@@ -144,8 +144,11 @@ class UploadService:
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], str] = new_upload_id,
         hooks: Hooks | None = None,
+        readers: sessionmaker[Session] | None = None,
     ) -> None:
         self.sessions = sessions
+        # Read-only transactions (db.make_readers); the writers' sessions by default.
+        self.readers = readers or sessions
         self.store = store
         self.locker = locker
         self.limits = limits
@@ -275,9 +278,15 @@ class UploadService:
     def info(self, upload_id: str) -> UploadInfo:
         """The upload as stored, reconciled with its data file under the lock."""
         with self._locked(upload_id):
-            with self.sessions.begin() as session:
-                row = self._load(session, upload_id)
+            # Usually the row agrees with the data file: reading is enough, and a read
+            # waits for no writer. Only a row to reconcile takes a write transaction.
+            with self.readers.begin() as session:
+                row = self._load(session, upload_id, reconcile=False)
                 info = UploadInfo.of(row, self._parts(session, row))
+            if row.verifying or self.store.size(upload_id) != info.offset:
+                with self.sessions.begin() as session:
+                    row = self._load(session, upload_id)
+                    info = UploadInfo.of(row, self._parts(session, row))
             if info.concat is Concat.FINAL and not info.complete:
                 return self._assemble(upload_id)
             return info

@@ -68,7 +68,9 @@ class FileLocker:
         started = time.monotonic()
         acquired = False
         try:
-            lock.acquire(timeout=timeout)
+            # filelock retries every 50 ms by default: a client resuming right after
+            # its dropped PATCH would wait that long for the lock the PATCH just freed.
+            lock.acquire(timeout=timeout, poll_interval=0.005)
             acquired = True
         except filelock.Timeout:
             raise UploadLocked() from None
