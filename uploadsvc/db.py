@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import filelock
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import PREFIX, ConfigError
@@ -87,6 +88,11 @@ def _sqlite_on_begin(connection: Any) -> None:
     # wrote meanwhile: busy_timeout can't help an upgrade from reader to writer.
     read_only = connection.get_execution_options().get("uploadsvc_read_only", False)
     connection.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
+
+
+def is_disk_full(error: OperationalError) -> bool:
+    """SQLite's "database or disk is full": the operator's to fix (507), not a bug."""
+    return getattr(error.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -21,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import protocol
+from . import db, protocol
 from .errors import (
     BodyIncomplete,
     ChecksumMismatch,
@@ -539,7 +538,7 @@ class UploadService:
                 self._mark_complete_if_done(row)
                 return UploadInfo.of(row)
         except OperationalError as error:
-            if getattr(error.orig, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            if not db.is_disk_full(error):
                 raise
             # The registry's disk is full too, so it can't learn of the new bytes: put
             # the file back to what the registry says (freeing their space) and tell the

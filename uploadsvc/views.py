@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
-from . import body, cors, downloads, protocol
+from . import body, cors, db, downloads, protocol
 from .config import Settings
 from .errors import (
     InsufficientStorage,
@@ -42,7 +42,6 @@ EXTENSIONS = (
     "concatenation",
     "concatenation-unfinished",
 )
-SQLITE_FULL = 13  # sqlite3's "database or disk is full"
 # Requests a browser makes without tus headers: preflights and plain downloads.
 NO_TUS_HEADER_METHODS = frozenset({"OPTIONS", "GET"})
 
@@ -283,7 +282,7 @@ def tus_error(error: TusError) -> Response:
 @bp.app_errorhandler(OperationalError)
 def database_error(error: OperationalError) -> Response:
     """A full disk under SQLite is the operator's to fix, not a bug: 507, like data."""
-    if getattr(error.orig, "sqlite_errorcode", None) == SQLITE_FULL:
+    if db.is_disk_full(error):
         return tus_error(InsufficientStorage("no space left for the upload registry"))
     raise error
 
