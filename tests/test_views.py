@@ -242,13 +242,11 @@ def test_patch_past_length_is_413_before_reading(client: FlaskClient, data_dir: 
     assert stored(data_dir, url) == b""
 
 
-def test_chunked_patch_past_length_keeps_exactly_the_length(
-    client: FlaskClient, data_dir: Path
-) -> None:
-    url = create(client, 4)
-    response = client.patch(
+def chunked_patch(client: FlaskClient, url: str, data: bytes) -> TestResponse:
+    """A PATCH at offset 0 whose body comes with Transfer-Encoding: chunked."""
+    return client.patch(
         url,
-        input_stream=io.BytesIO(b"0123456789"),
+        input_stream=io.BytesIO(data),
         headers={
             **TUS,
             "Content-Type": OCTET,
@@ -256,6 +254,13 @@ def test_chunked_patch_past_length_keeps_exactly_the_length(
             "Transfer-Encoding": "chunked",
         },
     )
+
+
+def test_chunked_patch_past_length_keeps_exactly_the_length(
+    client: FlaskClient, data_dir: Path
+) -> None:
+    url = create(client, 4)
+    response = chunked_patch(client, url, b"0123456789")
     assert response.status_code == 413
     assert response.headers["Upload-Offset"] == "4"
     assert stored(data_dir, url) == b"0123"
@@ -264,16 +269,7 @@ def test_chunked_patch_past_length_keeps_exactly_the_length(
 
 def test_chunked_patch(client: FlaskClient, data_dir: Path) -> None:
     url = create(client, 10)
-    response = client.patch(
-        url,
-        input_stream=io.BytesIO(b"0123456789"),
-        headers={
-            **TUS,
-            "Content-Type": OCTET,
-            "Upload-Offset": "0",
-            "Transfer-Encoding": "chunked",
-        },
-    )
+    response = chunked_patch(client, url, b"0123456789")
     assert response.status_code == 204
     assert response.headers["Upload-Offset"] == "10"
     assert stored(data_dir, url) == b"0123456789"
