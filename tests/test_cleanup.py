@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 
 from tests.conftest import TUS, Clock, database_settings, service
 from uploadsvc import close_app, create_app
-from uploadsvc.cleanup import Retention
+from uploadsvc.cleanup import RUN_LOCK, Retention
 from uploadsvc.config import (
     DEFAULT_ORPHAN_GRACE,
     DEFAULT_TOMBSTONE_TTL,
@@ -32,6 +32,7 @@ from uploadsvc.config import (
     Settings,
 )
 from uploadsvc.models import Upload, UploadState
+from uploadsvc.protocol import UPLOAD_ID
 
 EXPIRE_AFTER = 3600
 # Longer than EXPIRE_AFTER, so one timeline can pass both edges in order.
@@ -126,9 +127,11 @@ def lock_file(data_dir: Path, upload_id: str) -> Path:
 
 
 def lock_files(data_dir: Path) -> list[Path]:
-    """Lock files left (none ever with PostgreSQL's advisory locks: no locks/ at all)."""
+    """Upload lock files left (none ever with PostgreSQL's advisory locks: no locks/ at
+    all); not the run lock's, which stays like any lock file of something that lives."""
     folder = data_dir / "locks"
-    return list(folder.iterdir()) if folder.exists() else []
+    found = list(folder.iterdir()) if folder.exists() else []
+    return [path for path in found if path.name != f"{RUN_LOCK}.lock"]
 
 
 def set_age(path: Path, now: datetime, seconds: float) -> None:
@@ -300,7 +303,9 @@ def test_orphans_older_than_the_grace_are_removed(
     assert report["orphan_files"] == [old_file]
     assert report["orphan_locks"] == [old_lock]
     assert sorted(p.name for p in files.iterdir()) == sorted([young_file, live, "notes-1.txt"])
-    assert sorted(p.name for p in locks.iterdir()) == sorted([f"{young_lock}.lock", f"{live}.lock"])
+    assert sorted(p.name for p in lock_files(data_dir)) == sorted(
+        [f"{young_lock}.lock", f"{live}.lock"]
+    )
     assert state(app, live) is UploadState.ACTIVE
 
 
@@ -473,6 +478,28 @@ def test_a_failure_exits_non_zero_and_the_next_run_finishes_the_job(
     assert not data_file(data_dir, first).exists()
 
 
+def test_a_cleanup_while_another_runs_does_nothing_and_says_so(
+    app: Flask, clock: Clock, data_dir: Path
+) -> None:
+    upload_id = new_upload(app)
+    clock.advance(EXPIRE_AFTER + 1)
+    assert not UPLOAD_ID.fullmatch(RUN_LOCK)  # no request can ever hold it
+    with service(app).locker.hold(RUN_LOCK, timeout=0):
+        result = cleanup(app)
+        assert result.exit_code == 0, result.output
+        assert result.output == "another cleanup is running; this one did nothing\n"
+        assert cleanup_json(app)["running_elsewhere"] is True
+        assert state(app, upload_id) is UploadState.ACTIVE
+        # A dry run changes nothing, so it doesn't wait its turn.
+        assert cleanup_json(app, "--dry-run")["expired"] == [upload_id]
+    report = cleanup_json(app)
+    assert report["running_elsewhere"] is False
+    assert report["expired"] == [upload_id]
+    # The run lock's own file is no orphan for a later run.
+    clock.advance(ORPHAN_GRACE + 1)
+    assert cleanup(app).output == ""
+
+
 def test_human_summary(app: Flask, clock: Clock) -> None:
     for _ in range(2):
         new_upload(app)
@@ -487,6 +514,7 @@ def test_json_report_shape(app: Flask) -> None:
     assert report == {
         "dry_run": False,
         "ok": True,
+        "running_elsewhere": False,
         "counts": dict.fromkeys(
             ["expired", "completed", "gone", "purged", "orphan_files", "orphan_locks"], 0
         ),

@@ -15,9 +15,12 @@ Framework-free: ``flask cleanup`` (cli.py) builds a ``Cleaner`` and prints its
 Everything it changes, it changes under the upload's lock taken with timeout 0: a busy
 upload is skipped (left for the next run), never waited for, and the row is read again
 under the lock, because a write may have moved it on since the candidates were chosen.
-That re-check is also what makes two cleanups at once harmless: the loser finds nothing
-left to do. Data is removed only after the row says it is dead, so a crash in between
-leaves an orphan the next run removes, never a live row without data.
+A run also holds a lock of its own (``RUN_LOCK``, through the same locker, so it spans
+hosts when the locks do): a cleanup that starts while another runs, as cron may start
+one while a long one lasts, does nothing and says so. Without it both would see the
+same orphans and both would report removing them. Data is removed only after the row
+says it is dead, so a crash in between leaves an orphan the next run removes, never a
+live row without data.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sqlalchemy import Executable, select
 from .config import Settings
 from .errors import UploadLocked
 from .models import Upload, UploadState
+from .protocol import UPLOAD_ID
 from .service import UploadService
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ LIVE = (UploadState.ACTIVE, UploadState.COMPLETED)
 TOMBSTONES = (UploadState.TERMINATED, UploadState.EXPIRED)
 # Ids per IN (...) query: well under SQLite's bound-parameter limit.
 QUERY_BATCH = 500
+# The lock a run holds: a name no request can lock, as upload ids have at least 8 characters.
+RUN_LOCK = "cleanup"
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class Report:
     """Upload ids per outcome. In a dry run: what a real run would have done."""
 
     dry_run: bool = False
+    running_elsewhere: bool = False  # another cleanup held the run lock: nothing done
     expired: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
@@ -98,7 +105,9 @@ class Report:
     @property
     def idle(self) -> bool:
         """Nothing done, nothing skipped, nothing failed: nothing worth telling."""
-        return not (self.skipped or self.failures or any(self.counts().values()))
+        return not (
+            self.running_elsewhere or self.skipped or self.failures or any(self.counts().values())
+        )
 
     def counts(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in self.OUTCOMES}
@@ -107,6 +116,7 @@ class Report:
         return {
             "dry_run": self.dry_run,
             "ok": self.ok,
+            "running_elsewhere": self.running_elsewhere,
             "counts": self.counts(),
             **{name: list(getattr(self, name)) for name in self.OUTCOMES},
             "skipped": list(self.skipped),
@@ -124,9 +134,21 @@ class Cleaner:
         self.dry_run = dry_run
 
     def run(self) -> Report:
+        report = Report(dry_run=self.dry_run)
+        if self.dry_run:  # changes nothing, so it needn't wait its turn
+            self._run(report)
+            return report
+        try:
+            with self.locker.hold(RUN_LOCK, timeout=0):
+                self._run(report)
+        except UploadLocked:
+            log.info("cleanup: another cleanup is running; this one did nothing")
+            report.running_elsewhere = True
+        return report
+
+    def _run(self, report: Report) -> None:
         # One "now" for the whole run: every cutoff and re-check agrees on it.
         now = self.clock()
-        report = Report(dry_run=self.dry_run)
         # Each id is handled once per run, by the first step that wants it.
         seen: set[str] = set()
         self._expire(now, report, seen)
@@ -134,7 +156,6 @@ class Cleaner:
         self._bury_gone(now, report, seen)
         self._purge_tombstones(now, report, seen)
         self._sweep_orphans(now, report, seen)
-        return report
 
     # -- the steps --------------------------------------------------------------------
 
@@ -208,8 +229,9 @@ class Cleaner:
         # Files first, then rows: a row inserted after the listing makes its file live
         # (it is young, so the grace would have spared it anyway).
         old = now - self.retention.orphan_grace
-        files = dict(self.store.scan())
-        locks = dict(self.locker.scan())
+        files = {i: when for i, when in self.store.scan() if UPLOAD_ID.fullmatch(i)}
+        # Not the run lock's own file, nor anything else no upload could have made.
+        locks = {i: when for i, when in self.locker.scan() if UPLOAD_ID.fullmatch(i)}
         states = self._states(files.keys() | locks.keys())
 
         def stray(upload_id: str, modified_at: datetime) -> bool:

@@ -79,6 +79,8 @@ def cleanup_command(dry_run: bool, as_json: bool) -> None:
 def summary(report: Report) -> str:
     counts = {name: count for name, count in report.counts().items() if count}
     lines = []
+    if report.running_elsewhere:
+        lines.append("another cleanup is running; this one did nothing")
     if counts:
         lines.append("cleanup would remove (dry run):" if report.dry_run else "cleanup removed:")
         width = max(len(LABELS[name]) for name in counts)
