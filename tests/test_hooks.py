@@ -13,10 +13,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import OCTET, TUS, service
+from tests.conftest import OCTET, TUS, database_settings, service
 from tests.hookmods import sample
 from tests.test_views import head, patch, stored
-from uploadsvc import create_app
+from uploadsvc import close_app, create_app
 from uploadsvc.config import ConfigError
 
 
@@ -31,11 +31,14 @@ def post(client: FlaskClient, length: int, **headers: str) -> Any:
 
 
 @pytest.fixture
-def hooked(data_dir: Path) -> Iterator[tuple[Flask, FlaskClient]]:
+def hooked(data_dir: Path, database_url: str | None) -> Iterator[tuple[Flask, FlaskClient]]:
     sample.EVENTS.clear()
-    app = app_with(data_dir, HOOKS="tests.hookmods.sample:SampleHooks")
+    app = app_with(
+        data_dir, HOOKS="tests.hookmods.sample:SampleHooks", **database_settings(database_url)
+    )
     with app.test_client() as client:
         yield app, client
+    close_app(app)
 
 
 def test_pre_create_rejects_changes_metadata_and_chooses_ids(
@@ -50,6 +53,10 @@ def test_pre_create_rejects_changes_metadata_and_chooses_ids(
     response = post(client, 3, **{"X-Choose-Id": "chosen0001"})
     assert response.headers["Location"].endswith("/files/chosen0001")
     assert post(client, 3, **{"X-Choose-Id": "chosen0001"}).status_code == 409
+    longest = "L" * 64  # the longest id a hook may choose fits every registry
+    response = post(client, 3, **{"X-Choose-Id": longest})
+    assert response.headers["Location"].endswith(f"/files/{longest}")
+    assert patch(client, response.headers["Location"], b"abc").status_code == 204
 
     url = post(client, 3).headers["Location"]
     assert head(client, url).headers["Upload-Metadata"] == "owner YWxpY2U="

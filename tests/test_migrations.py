@@ -1,7 +1,7 @@
 """Alembic migrations: they build the schema the models describe, and keep the data.
 
-Written against "0001" and "head" only, so every later migration is exercised as it
-lands, with no change here.
+Written against "0001", "0002" and "head" only, so every later migration is exercised
+as it lands, with no change here.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import Flask
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, inspect, select, text
 
 from uploadsvc import db
-from uploadsvc.models import Base, Upload, UploadState
+from uploadsvc.models import ID_LENGTH, Base, Upload, UploadPart, UploadState
 
 FIRST = "0001"
+CONCATENATION = "0002"
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 TOMBSTONE_ID = "fedcba9876543210fedcba9876543210"
 
@@ -91,6 +92,43 @@ def test_upgrade_from_the_first_revision_keeps_the_data(engine: Engine) -> None:
     assert upload.expires_at == datetime(2026, 1, 2, 12, 5, tzinfo=UTC)
     assert upload.completed_at is None
     assert tombstone.state is UploadState.TERMINATED
+
+
+def test_upgrade_keeps_concatenations_and_takes_the_longest_ids(engine: Engine) -> None:
+    """From the revision that brought concatenation: altering ``uploads`` (SQLite copies
+    the table) must not cascade to the rows that refer to it."""
+    config = db.alembic_config(engine)
+    command.upgrade(config, CONCATENATION)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                'INSERT INTO uploads (id, state, length, "offset", upload_metadata, verifying,'
+                " created_at, updated_at, concat) VALUES (:id, 'ACTIVE', 1, 0, '', FALSE,"
+                " '2026-01-01 12:00:00.000000', '2026-01-01 12:00:00.000000', :concat)"
+            ),
+            [{"id": UPLOAD_ID, "concat": "PARTIAL"}, {"id": TOMBSTONE_ID, "concat": "FINAL"}],
+        )
+        connection.execute(
+            text(
+                "INSERT INTO upload_parts (final_id, position, partial_id)"
+                " VALUES (:final, 0, :partial)"
+            ),
+            {"final": TOMBSTONE_ID, "partial": UPLOAD_ID},
+        )
+
+    command.upgrade(config, "head")
+    sessions = db.make_sessionmaker(engine)
+    with sessions.begin() as session:
+        parts = list(session.scalars(select(UploadPart)))
+        assert [(p.final_id, p.position, p.partial_id) for p in parts] == [
+            (TOMBSTONE_ID, 0, UPLOAD_ID)
+        ]
+        longest = "L" * ID_LENGTH
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        session.add(Upload(id=longest, length=1, created_at=now, updated_at=now))
+        session.add(UploadPart(final_id=longest, position=0, partial_id=longest))
+    with sessions.begin() as session:
+        assert session.get(Upload, longest) is not None
 
 
 def test_upgrade_is_idempotent(engine: Engine) -> None:

@@ -19,6 +19,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# The longest upload id: a pre-create hook may choose up to 64 characters
+# (protocol.UPLOAD_ID); the server's own are 32.
+ID_LENGTH = 64
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes, stored naive (SQLite has no time zones)."""
@@ -58,7 +62,7 @@ class Base(DeclarativeBase):
 class Upload(Base):
     __tablename__ = "uploads"
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     state: Mapped[UploadState] = mapped_column(
         Enum(UploadState, native_enum=False, length=16, validate_strings=True),
         default=UploadState.ACTIVE,
@@ -87,8 +91,8 @@ class UploadPart(Base):
     __tablename__ = "upload_parts"
 
     final_id: Mapped[str] = mapped_column(
-        String(32), ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True
+        String(ID_LENGTH), ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True
     )
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     # No foreign key: a final keeps naming its parts after a partial's row is purged.
-    partial_id: Mapped[str] = mapped_column(String(32), index=True)
+    partial_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
