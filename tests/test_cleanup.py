@@ -385,6 +385,27 @@ def test_completed_uploads_go_after_the_retention(
         assert head_status(client, old) == 410
 
 
+def test_a_partial_that_an_unfinished_final_needs_outlives_the_retention(
+    make_app: AppFactory, clock: Clock, data_dir: Path
+) -> None:
+    app = make_app(KEEP_COMPLETED=str(KEEP_COMPLETED))
+    svc = service(app)
+    done, waiting = (svc.create(LENGTH, {}, partial=True).id for _ in range(2))
+    svc.append(done, 0, [b"a" * LENGTH], content_length=LENGTH)
+    final = svc.create_final([done, waiting], {}).id
+    clock.advance(KEEP_COMPLETED + 1)
+    svc.append(waiting, 0, [b"b" * 3], content_length=3)  # keeps it from expiring
+    assert cleanup_json(app)["completed"] == []
+    assert state(app, done) is UploadState.COMPLETED
+    assert data_file(data_dir, done).exists()
+
+    svc.append(waiting, 3, [b"b" * (LENGTH - 3)], content_length=LENGTH - 3)
+    assert state(app, final) is UploadState.COMPLETED
+    assert data_file(data_dir, final).read_bytes() == b"a" * LENGTH + b"b" * LENGTH
+    # The final no longer needs it: the retention applies again.
+    assert cleanup_json(app)["completed"] == [done]
+
+
 # -- dry run, busy uploads, failures, output ----------------------------------------------
 
 

@@ -5,7 +5,8 @@ Framework-free: ``flask cleanup`` (cli.py) builds a ``Cleaner`` and prints its
 
 1. expired: unfinished uploads past ``expires_at`` lose their data; the row becomes an
    EXPIRED tombstone, so the URL keeps answering 410 rather than 404.
-2. completed: with a retention set, completed uploads older than it, likewise.
+2. completed: with a retention set, completed uploads older than it, likewise; but not
+   a partial upload that an unfinished final upload still needs.
 3. gone: live rows whose data file vanished become tombstones too.
 4. purged: tombstones older than the TTL lose their row (the URL then answers 404).
 5. orphans: data and lock files without a live row. Files without any row must be older
@@ -32,10 +33,11 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import Executable, select
+from sqlalchemy.orm import aliased, object_session
 
 from .config import Settings
 from .errors import UploadLocked
-from .models import Upload, UploadState
+from .models import Upload, UploadPart, UploadState
 from .protocol import UPLOAD_ID
 from .service import UploadService
 
@@ -180,16 +182,30 @@ class Cleaner:
             return
         cutoff = now - keep
 
+        # A completed partial upload stays while a final upload still waits for its
+        # other partials (concatenation-unfinished): the final is assembled from it.
+        finals = aliased(Upload)
+        awaited = (
+            select(UploadPart.partial_id)
+            .join(finals, finals.id == UploadPart.final_id)
+            .where(finals.state == UploadState.ACTIVE)
+        )
+
         def still_due(row: Upload | None) -> bool:
+            session = object_session(row) if row is not None else None
             return (
                 row is not None
+                and session is not None
                 and row.state is UploadState.COMPLETED
                 and row.completed_at is not None
                 and row.completed_at <= cutoff
+                and session.scalar(awaited.where(UploadPart.partial_id == row.id).limit(1)) is None
             )
 
         query = select(Upload.id).where(
-            Upload.state == UploadState.COMPLETED, Upload.completed_at <= cutoff
+            Upload.state == UploadState.COMPLETED,
+            Upload.completed_at <= cutoff,
+            Upload.id.not_in(awaited),
         )
         for upload_id in self._unseen(self._ids(query), seen):
             self._attempt(upload_id, report, "completed", lambda i: self._bury(i, now, still_due))
