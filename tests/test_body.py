@@ -221,10 +221,11 @@ def test_chunked_with_extensions_trailers_and_pipelining(
     request = head("PATCH", "Transfer-Encoding: chunked") + framed
     client.sendall(request + sized(b"next") + head("HEAD"))
     conn = Conn(server)
-    _, environ = conn.next_request()
+    req, environ = conn.next_request()
     assert body._gunicorn(environ) is not None
     assert read_all(environ) == (b"".join(pieces), None)
     assert conn.keeps_alive()
+    assert not req.should_close()  # the answer may say keep-alive
     _, environ = conn.next_request()
     assert read_all(environ) == (b"next", None)
     req, _ = conn.next_request()
@@ -238,12 +239,14 @@ def test_chunked_stopping_early_closes_the_connection(
     data = random.Random(5).randbytes(3 * 1024 * 1024)
     sender = send_later(client, chunked([data[i : i + 65536] for i in range(0, len(data), 65536)]))
     conn = Conn(server)
-    _, environ = conn.next_request()
+    req, environ = conn.next_request()
     blocks = body.read_body(environ)
     next(blocks)
     blocks.close()
-    # Where the body ends is unknown now: gunicorn must not read on.
+    # Where the body ends is unknown now: gunicorn must not read on, and the answer
+    # must say so (Connection: close), not promise a keep-alive it won't keep.
     assert not conn.keeps_alive()
+    assert req.should_close()
     server.close()  # as gunicorn does: the sender's writes now fail
     sender.join(TIMEOUT)
     assert not sender.is_alive()

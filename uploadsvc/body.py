@@ -224,11 +224,17 @@ def _chunked_from_socket(src: _Source, trailers: dict[str, str] | None = None) -
     are consumed does the reader become an empty, finished one (``parser = None``), the
     bytes read past the body go back to gunicorn (``unread``: a pipelined request), and
     ``failed`` is cleared. A consumer that stops early, broken framing or a disconnect
-    all leave the connection to close.
+    all leave the connection to close. The request's ``must_close`` follows ``failed``,
+    so that an answer sent meanwhile (a 413 for a body past Upload-Length) says
+    ``Connection: close``: gunicorn drops the application's own Connection header.
     """
     body, reader, unreader = src.body, src.reader, src.unreader
     line_limit = _int_attr(reader, "limit_chunk_size_line", _DEFAULT_CHUNK_LINE_LIMIT)
     trailer_limit = _int_attr(reader, "limit_trailer_section", _DEFAULT_TRAILER_LIMIT)
+    req: Any = getattr(reader, "req", None)
+    must_close = getattr(req, "must_close", None)
+    if isinstance(must_close, bool):
+        req.must_close = True
     body.failed = True
     reader.parser.close()
     reader.parser = None
@@ -333,6 +339,8 @@ def _chunked_from_socket(src: _Source, trailers: dict[str, str] | None = None) -
     if pos < end:
         unreader.unread(bytes(view[pos:end]))  # the next request's first bytes
     body.failed = False
+    if isinstance(must_close, bool):
+        req.must_close = must_close
 
 
 def _held(stream: Any) -> int:
