@@ -464,7 +464,9 @@ def test_reconciles_bytes_written_but_not_recorded(
     assert stored(data_dir, url) == b"abcdefghij"
 
 
-def test_reconcile_drops_unverified_bytes(app: Flask, client: FlaskClient, data_dir: Path) -> None:
+def test_reconcile_drops_unverified_bytes(
+    app: Flask, client: FlaskClient, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = create(client, 10)
     upload_id = url.rsplit("/", 1)[1]
     patch(client, url, b"abc")
@@ -475,5 +477,11 @@ def test_reconcile_drops_unverified_bytes(app: Flask, client: FlaskClient, data_
         row.verifying = True
     with (data_dir / "files" / upload_id).open("ab") as file:
         file.write(b"XXXX")
+    # ... and the registry can't be written (its disk is full): HEAD needs no write.
+    writers = service(app).sessions
+    monkeypatch.setattr(service(app), "sessions", None)
     assert head(client, url).headers["Upload-Offset"] == "3"
     assert stored(data_dir, url) == b"abc"
+    monkeypatch.setattr(service(app), "sessions", writers)
+    assert patch(client, url, b"def", 3).status_code == 204
+    assert stored(data_dir, url) == b"abcdef"
