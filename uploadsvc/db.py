@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .config import PREFIX, ConfigError
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Installed from a wheel, the migrations travel inside the package (pyproject.toml);
+# in a checkout (and an editable install) they are at the top of the repository.
+_PACKAGED_MIGRATIONS = Path(__file__).resolve().parent / "_migrations"
+MIGRATIONS_DIR = (
+    _PACKAGED_MIGRATIONS
+    if _PACKAGED_MIGRATIONS.is_dir()
+    else Path(__file__).resolve().parent.parent / "migrations"
+)
 # Seconds a connection waits for SQLite's single writer before "database is locked".
 BUSY_TIMEOUT = 30.0
 # PostgreSQL: seconds to wait for a connection to the server before giving up.
