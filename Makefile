@@ -85,5 +85,5 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache $(JS_DIR)/node_modules \
+	rm -rf $(VENV) *.egg-info build .mypy_cache .ruff_cache .pytest_cache $(JS_DIR)/node_modules \
 		$(WEB_DIR)/node_modules $(WEB_ASSET)
