@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy.exc import OperationalError
 from werkzeug.test import TestResponse
 
 from tests.conftest import OCTET, TUS, Clock, service
@@ -477,11 +480,24 @@ def test_reconcile_drops_unverified_bytes(
         row.verifying = True
     with (data_dir / "files" / upload_id).open("ab") as file:
         file.write(b"XXXX")
-    # ... and the registry can't be written (its disk is full): HEAD needs no write.
+    # ... and the registry's disk is full, so the flag can't be cleared: HEAD answers.
     writers = service(app).sessions
-    monkeypatch.setattr(service(app), "sessions", None)
+    monkeypatch.setattr(service(app), "sessions", FullDisk())
     assert head(client, url).headers["Upload-Offset"] == "3"
     assert stored(data_dir, url) == b"abc"
     monkeypatch.setattr(service(app), "sessions", writers)
+    assert head(client, url).headers["Upload-Offset"] == "3"
+    with writers.begin() as session:
+        row = session.get(Upload, upload_id)
+        assert row is not None and not row.verifying  # cleared once the disk took it
     assert patch(client, url, b"def", 3).status_code == 204
     assert stored(data_dir, url) == b"abcdef"
+
+
+class FullDisk:
+    """Write sessions on a registry whose disk is full (SQLite's SQLITE_FULL)."""
+
+    def begin(self) -> Any:
+        error = sqlite3.OperationalError("database or disk is full")
+        error.sqlite_errorcode = sqlite3.SQLITE_FULL
+        raise OperationalError("BEGIN IMMEDIATE", {}, error)

@@ -284,16 +284,21 @@ class UploadService:
                 info = UploadInfo.of(row, self._parts(session, row))
             size = self.store.size(upload_id)
             if row.verifying and size is not None and size > info.offset:
-                # Bytes of a checksummed PATCH that never got its verdict: the file loses
-                # them and the registry stays right. The stale flag is harmless (the next
-                # PATCH's transaction clears it), and needs no write here, which a full
-                # disk would refuse: HEAD answers even then.
+                # Bytes of a checksummed PATCH that never got its verdict: dropped from
+                # the file first, so the file agrees with the row even if clearing the
+                # flag below fails.
                 self.store.truncate(upload_id, info.offset)
                 size = info.offset
-            if size != info.offset:
-                with self.sessions.begin() as session:
-                    row = self._load(session, upload_id)
-                    info = UploadInfo.of(row, self._parts(session, row))
+            if row.verifying or size != info.offset:
+                try:
+                    with self.sessions.begin() as session:
+                        row = self._load(session, upload_id)
+                        info = UploadInfo.of(row, self._parts(session, row))
+                except OperationalError as error:
+                    if not (db.is_disk_full(error) and size == info.offset):
+                        raise
+                    # A full disk refuses to clear the flag, but the answer stands: the
+                    # next PATCH's transaction clears it before writing.
             if info.concat is Concat.FINAL and not info.complete:
                 return self._assemble(upload_id)
             return info
