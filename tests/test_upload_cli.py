@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
+from tests.test_views import create, patch
 from uploadsvc.upload import cli, progress, state, transfer
 from uploadsvc.upload.transfer import (
     EXIT_FILE,
@@ -32,7 +33,8 @@ from uploadsvc.upload.transfer import (
     EXIT_VERIFY,
 )
 
-ENDPOINT = "http://localhost/files/"
+ORIGIN = "http://localhost"  # the Flask test client's
+ENDPOINT = f"{ORIGIN}/files/"
 
 # --------------------------------------------------------------------------- parsing
 
@@ -499,18 +501,8 @@ def test_rerun_resumes_from_the_servers_offset(
     path = _file(tmp_path, "a.bin", 900)
     key = state.fingerprint(ENDPOINT, path)
     # An earlier run created the upload and got 300 bytes to the server, then died.
-    created = client.post(
-        "/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "900"}
-    ).headers["Location"]
-    client.patch(
-        created,
-        headers={
-            "Tus-Resumable": "1.0.0",
-            "Upload-Offset": "0",
-            "Content-Type": "application/offset+octet-stream",
-        },
-        data=path.read_bytes()[:300],
-    )
+    created = ORIGIN + create(client, 900)
+    assert patch(client, created, path.read_bytes()[:300]).status_code == 204
     state.StateFile(tmp_path / "urls.json").set_item(key, created)
 
     status, out, err = run(str(path), "-c", "256", "--verify")
@@ -546,9 +538,7 @@ def test_stored_url_gone_starts_a_new_upload(
     gone = f"{ENDPOINT}{'ab' * 16}"
     state.StateFile(tmp_path / "urls.json").set_item(key, gone)
     if answer == 410:
-        created = adapter.client.post(
-            "/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "500"}
-        ).headers["Location"]
+        created = ORIGIN + create(adapter.client, 500)
         adapter.client.delete(created, headers={"Tus-Resumable": "1.0.0"})
         state.StateFile(tmp_path / "urls.json").set_item(key, created)
         gone = created
@@ -664,18 +654,8 @@ def test_not_a_tus_endpoint_exits_4(
 def test_verify_detects_a_difference(
     session: requests.Session, client: FlaskClient, tmp_path: Path
 ) -> None:
-    created = client.post(
-        "/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "3"}
-    ).headers["Location"]
-    client.patch(
-        created,
-        headers={
-            "Tus-Resumable": "1.0.0",
-            "Upload-Offset": "0",
-            "Content-Type": "application/offset+octet-stream",
-        },
-        data=b"abc",
-    )
+    created = ORIGIN + create(client, 3)
+    assert patch(client, created, b"abc").status_code == 204
     options = transfer.Options(chunk_size=10, retry_delays=())
     transfer.verify(session, created, io.BytesIO(b"abc"), options)
     with pytest.raises(transfer.VerifyFailed, match="VERIFY FAILED") as info:
