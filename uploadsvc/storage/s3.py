@@ -386,13 +386,7 @@ class S3Store:
             if not etag or (expected is not None and size != expected):
                 raise ValueError(f"upload {upload_id}: part {number} is missing or wrong")
             completed.append({"PartNumber": number, "ETag": etag})
-        with self._errors():
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=multipart,
-                MultipartUpload={"Parts": completed},
-            )
+        self._complete_multipart(key, multipart, completed)
 
     def _parts(self, key: str, multipart: str) -> dict[int, tuple[str, int]]:
         parts: dict[int, tuple[str, int]] = {}
@@ -467,13 +461,7 @@ class S3Store:
                         pending = bytearray()
         if pending:
             upload(pending)
-        with self._errors():
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=multipart,
-                MultipartUpload={"Parts": completed},
-            )
+        self._complete_multipart(key, multipart, completed)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -600,6 +588,14 @@ class S3Store:
             key_marker = str(page.get("NextKeyMarker", ""))
             id_marker = str(page.get("NextUploadIdMarker", ""))
         raise RuntimeError(f"listing multipart uploads under {prefix} did not end")
+
+    def _complete_multipart(
+        self, key: str, multipart: str, parts: list[CompletedPartTypeDef]
+    ) -> None:
+        with self._errors():
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=multipart, MultipartUpload={"Parts": parts}
+            )
 
     def _multipart_id(self, key: str, *, create: bool) -> str | None:
         """The multipart upload of ``key`` (the oldest, should there be several)."""
