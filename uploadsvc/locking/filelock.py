@@ -6,16 +6,15 @@ a waiter holding the old inode and a newcomer creating a new one both "own" the 
 
 from __future__ import annotations
 
-import os
-import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import filelock
 
+from ..directory import scan_files
 from ..errors import UploadLocked
 
 LOCK_SUFFIX = ".lock"
@@ -96,19 +95,13 @@ class FileLocker:
         self._path(upload_id).unlink(missing_ok=True)
 
     def scan(self) -> list[tuple[str, datetime]]:
-        # A list, not a generator: cleanup forgets locks while it works through it.
-        found = []
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                upload_id = entry.name.removesuffix(LOCK_SUFFIX)
-                # Only names _path could have made; anything else isn't ours to judge.
-                if upload_id == entry.name or not upload_id.isalnum() or not upload_id.isascii():
-                    continue
-                try:
-                    # flock never touches the file, so its mtime is when it was made.
-                    info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # forgotten while we looked
-                if stat.S_ISREG(info.st_mode):
-                    found.append((upload_id, datetime.fromtimestamp(info.st_mtime, UTC)))
-        return found
+        # flock never touches a lock file, so its mtime is when it was made.
+        return scan_files(self.directory, _lock_id)
+
+
+def _lock_id(name: str) -> str | None:
+    """The upload id of a lock file's name: only names ``_path`` could have made."""
+    upload_id = name.removesuffix(LOCK_SUFFIX)
+    if upload_id == name or not upload_id.isalnum() or not upload_id.isascii():
+        return None
+    return upload_id

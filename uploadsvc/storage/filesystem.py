@@ -5,14 +5,14 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import stat
 import tempfile
 from collections import deque
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from ..directory import scan_files
 from ..errors import InsufficientStorage
 from . import StoreUnavailable
 
@@ -120,20 +120,8 @@ class FileStore:
         self._path(upload_id).unlink(missing_ok=True)
 
     def scan(self) -> list[tuple[str, datetime]]:
-        # A list, not a generator: cleanup deletes files while it works through it.
-        found = []
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                # Only names the store could have made; anything else isn't ours to judge.
-                if not _safe_id(entry.name):
-                    continue
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # deleted while we looked
-                if stat.S_ISREG(info.st_mode):
-                    found.append((entry.name, datetime.fromtimestamp(info.st_mtime, UTC)))
-        return found
+        # Only names the store could have made.
+        return scan_files(self.directory, lambda name: name if _safe_id(name) else None)
 
     def check(self) -> None:
         """The directory takes a write that reaches the disk."""
