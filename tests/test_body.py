@@ -112,6 +112,22 @@ def send_later(
     return thread
 
 
+def assert_read_then_next_request(
+    pair: tuple[socket.socket, socket.socket], request: bytes, data: bytes, *, seed: int
+) -> None:
+    """``request``, sent in random writes with a HEAD behind it, reads as ``data``; the
+    connection stays alive and the HEAD is found where it starts."""
+    client, server = pair
+    sender = send_later(client, request + head("HEAD"), seed=seed)
+    conn = Conn(server)
+    _, environ = conn.next_request()
+    assert read_all(environ) == (data, None)
+    assert conn.keeps_alive()
+    req, _ = conn.next_request()
+    assert req.method == "HEAD"
+    sender.join(TIMEOUT)
+
+
 def test_socket_path_is_taken(pair: tuple[socket.socket, socket.socket]) -> None:
     client, server = pair
     client.sendall(sized(b"x" * 10) + chunked([b"y" * 10]))
@@ -156,16 +172,8 @@ def test_keep_alive_sized_bodies_and_pipelining(pair: tuple[socket.socket, socke
 
 @pytest.mark.parametrize("size", [1, 8191, 8192, 100_000, 3 * 1024 * 1024 + 17])
 def test_sized_body_in_random_writes(pair: tuple[socket.socket, socket.socket], size: int) -> None:
-    client, server = pair
     data = random.Random(size).randbytes(size)
-    sender = send_later(client, sized(data) + head("HEAD"), seed=size)
-    conn = Conn(server)
-    _, environ = conn.next_request()
-    assert read_all(environ) == (data, None)
-    assert conn.keeps_alive()
-    req, _ = conn.next_request()
-    assert req.method == "HEAD"
-    sender.join(TIMEOUT)
+    assert_read_then_next_request(pair, sized(data), data, seed=size)
 
 
 def test_consumer_stopping_early_leaves_gunicorn_the_exact_rest(
@@ -330,13 +338,5 @@ def test_chunked_matches_gunicorn_on_random_framing(
     rng = random.Random(seed)
     data = rng.randbytes(rng.choice([0, 1, 1000, 2_500_000]))
     request = head("PATCH", "Transfer-Encoding: chunked") + random_framing(rng, data)
-    client, server = pair
-    sender = send_later(client, request + head("HEAD"), seed=seed)
-    conn = Conn(server)
-    _, environ = conn.next_request()
-    assert read_all(environ) == (data, None)
-    assert conn.keeps_alive()
-    req, _ = conn.next_request()
-    assert req.method == "HEAD"
-    sender.join(TIMEOUT)
+    assert_read_then_next_request(pair, request, data, seed=seed)
     assert gunicorn_decodes(request) == (data, False)
