@@ -80,6 +80,21 @@ def post_worker_init(worker: Any) -> None:
         monitor.stop_all_when(lambda: not worker.alive)
 
 
+# A stopping worker waits this long at most for its queued post-events (post-finish
+# hooks, webhooks) before it exits; within graceful_timeout, after the PATCHes ended.
+HOOK_DRAIN_TIMEOUT = 10.0
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the exiting worker: deliver the post-events still queued (a completion just
+    before a stop or reload), bounded, or they die with the process. gunicorn calls this
+    hook in the master too (for a reaped worker), where no app is loaded: nothing to do."""
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
+    service = extensions.get("uploadsvc")
+    if service is not None and worker.pid == os.getpid():
+        service.hooks.drain(timeout=HOOK_DRAIN_TIMEOUT)
+
+
 def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
