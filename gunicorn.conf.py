@@ -18,11 +18,11 @@ from typing import Any
 # Prometheus multiprocess mode: every worker writes its metrics under one fresh
 # directory, so a scrape of any worker counts them all. It must be set before anything
 # imports prometheus_client (importing uploadsvc does); an operator may set it instead.
+# A reload (SIGHUP) reads this file again with the variable already set: the mark in
+# the environment tells on_exit the directory is still ours to remove.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="uploadsvc-metrics-")
-    _OWN_METRICS_DIR = True
-else:
-    _OWN_METRICS_DIR = False
+    os.environ["_UPLOADSVC_OWN_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 from uploadsvc import check_reachable
 from uploadsvc.config import ConfigError, Settings
@@ -102,5 +102,6 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
-    if _OWN_METRICS_DIR:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if os.environ.get("_UPLOADSVC_OWN_METRICS_DIR") == metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

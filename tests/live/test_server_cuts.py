@@ -253,6 +253,28 @@ def test_cli_upload_goes_on_through_a_read_timeout(
     assert (503, "1") in relay.answered(), relay.answered()
 
 
+def test_a_reloaded_server_still_cleans_up_at_exit(
+    server_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    """gunicorn.conf.py's metrics directory is removed at exit after a reload too."""
+    own_tmp = tmp_path / "tmp"
+    own_tmp.mkdir()
+    server = server_factory(TMPDIR=str(own_tmp))
+    (metrics_dir,) = own_tmp.iterdir()
+    old_workers = workers_of(server)
+    hup_master(server)
+    wait_for(
+        lambda: len(workers_of(server) - old_workers) == 2 and not old_workers & workers_of(server),
+        30,
+        "new workers replaced the old",
+    )
+    url = server.create_upload(5)  # the new workers serve, and count in the same directory
+    assert http_request("GET", f"{server.origin}/metrics").status == 200
+    assert head_upload(url).status == 200
+    server.stop()
+    assert not metrics_dir.exists()
+
+
 # --------------------------------------------------------------------------- tus-js-client
 
 
