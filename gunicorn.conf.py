@@ -18,11 +18,11 @@ from typing import Any
 # Prometheus multiprocess mode: every worker writes its metrics under one fresh
 # directory, so a scrape of any worker counts them all. It must be set before anything
 # imports prometheus_client (importing uploadsvc does); an operator may set it instead.
+# A reload (SIGHUP) reads this file again with the variable already set: the mark in
+# the environment tells on_exit the directory is still ours to remove.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="uploadsvc-metrics-")
-    _OWN_METRICS_DIR = True
-else:
-    _OWN_METRICS_DIR = False
+    os.environ["_UPLOADSVC_OWN_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 from uploadsvc import check_reachable
 from uploadsvc.config import ConfigError, Settings
@@ -80,6 +80,21 @@ def post_worker_init(worker: Any) -> None:
         monitor.stop_all_when(lambda: not worker.alive)
 
 
+# A stopping worker waits this long at most for its queued post-events (post-finish
+# hooks, webhooks) before it exits; within graceful_timeout, after the PATCHes ended.
+HOOK_DRAIN_TIMEOUT = 10.0
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the exiting worker: deliver the post-events still queued (a completion just
+    before a stop or reload), bounded, or they die with the process. gunicorn calls this
+    hook in the master too (for a reaped worker), where no app is loaded: nothing to do."""
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
+    service = extensions.get("uploadsvc")
+    if service is not None and worker.pid == os.getpid():
+        service.hooks.drain(timeout=HOOK_DRAIN_TIMEOUT)
+
+
 def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
@@ -87,5 +102,6 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
-    if _OWN_METRICS_DIR:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if os.environ.get("_UPLOADSVC_OWN_METRICS_DIR") == metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -9,8 +9,14 @@ A PATCH ends early, keeping every byte it got, when:
 
 Ending a body means calling its ``stop`` callable, which (under gunicorn) shuts the
 socket's read side: the blocked read returns end-of-file, the body reader raises
-``BodyIncomplete``, and the service records what landed and releases the lock. The
-watcher thread starts with the first tracked body, so nothing runs at import time.
+``BodyIncomplete``, and ``track`` turns that into the reason's answer (``ANSWERS``: a
+503 with Retry-After, which the clients we ship retry), so the service records what
+landed, releases the lock and the client resumes. The watcher thread starts with the
+first tracked body, so nothing runs at import time.
+
+"Silent" means the body reader is waiting on the client: time the server spends on a
+block it already has (an S3 part upload, a slow write) is the server's, never the
+client's, and neither the read timeout nor a takeover counts it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from .errors import BodyCut, BodyIncomplete
 from .locking import Locker
 
 log = logging.getLogger(__name__)
@@ -32,11 +39,38 @@ DEFAULT_STALL_GRACE = 1.0
 WATCH_INTERVAL = 0.1
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What a client is told when the server ended its body for one reason."""
+
+    message: str
+    retry_after: int  # seconds
+
+    def error(self) -> BodyCut:
+        return BodyCut(self.message, retry_after=self.retry_after)
+
+
+#: Why the server ends a body (the ``kind`` also labels the stopped-bodies metric) and
+#: what the client gets: every row is a 503 with Retry-After and the kept offset, an
+#: answer the CLI and tus-js-client retry. A new reason to stop is a new row here.
+ANSWERS: dict[str, Answer] = {
+    # A graceful stop or reload: on SIGHUP the new workers are already accepting.
+    "shutdown": Answer("the server is restarting; resume from Upload-Offset", 1),
+    "read_timeout": Answer("no body bytes came for too long; resume from Upload-Offset", 1),
+    # The stale holder's client is usually gone; if it is not, it resumes behind the
+    # request that took over (which it may be itself, retrying on a new connection).
+    "takeover": Answer("another request took this upload over; resume from Upload-Offset", 1),
+}
+
+
 @dataclass(eq=False)
 class _Transfer:
     upload_id: str
     stop: Callable[[], None]
-    last_progress: float
+    # When the body reader began waiting on the client; None while the server works on
+    # the block it got (that time is never the client's silence).
+    waiting_since: float | None
+    kind: str | None = field(default=None)  # a key of ANSWERS once stopped
     stopped: str | None = field(default=None)
 
 
@@ -75,9 +109,20 @@ class TransferMonitor:
         until the body ends."""
         transfer = _Transfer(upload_id, stop, self.clock())
         self._add(transfer)
+        blocks = iter(chunks)
         try:
-            for chunk in chunks:
-                transfer.last_progress = self.clock()
+            while True:
+                transfer.waiting_since = self.clock()
+                try:
+                    chunk = next(blocks)
+                except StopIteration:
+                    return
+                except BodyIncomplete as error:
+                    if transfer.kind is not None:  # we ended it: the client may go on
+                        raise ANSWERS[transfer.kind].error() from error
+                    raise
+                finally:
+                    transfer.waiting_since = None
                 self.on_bytes(len(chunk))
                 yield chunk
         finally:
@@ -103,6 +148,7 @@ class TransferMonitor:
             for transfer in active:
                 kind, reason = self._reason_to_stop(transfer)
                 if reason and not transfer.stopped:
+                    transfer.kind = kind
                     transfer.stopped = reason
                     self.on_stop(kind)
                     with contextlib.suppress(OSError):  # the connection is already gone
@@ -112,7 +158,8 @@ class TransferMonitor:
         """(kind, reason): why the transfer must stop, or a None reason."""
         if self._shutting_down():
             return "shutdown", "server shutting down"
-        idle = self.clock() - transfer.last_progress
+        waiting_since = transfer.waiting_since
+        idle = 0.0 if waiting_since is None else self.clock() - waiting_since
         if idle >= self.read_timeout:
             return "read_timeout", f"no bytes for {self.read_timeout:g} s"
         if idle >= self.stall_grace and self.locker.release_requested(transfer.upload_id):

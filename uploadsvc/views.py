@@ -272,7 +272,7 @@ def _created(info: UploadInfo) -> Response:
 
 @bp.app_errorhandler(TusError)
 def tus_error(error: TusError) -> Response:
-    if error.status >= 500:
+    if error.status >= 500 and error.retry_after is None:
         log.error("%s %s: %s", request.method, request.path, error.message)
     else:
         log.info("%s %s: %d %s", request.method, request.path, error.status, error.message)
@@ -304,6 +304,8 @@ def _error_response(error: TusError) -> Response:
         response.headers["Tus-Version"] = protocol.TUS_VERSION
     if error.offset is not None:
         response.headers["Upload-Offset"] = str(error.offset)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
     if body.has_body(request.environ):
         # The body may be unread (a refusal before streaming): close rather than make
         # the server drain gigabytes to keep the connection alive.
