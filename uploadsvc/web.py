@@ -6,7 +6,7 @@ with tus-js-client (``static/tus.min.js``, copied from npm by ``make install``) 
 
 The list shows a person only the uploads the ``authorize`` hook would let them
 download: each one is checked as a ``GET /files/<id>`` carrying the listing request's
-headers, and refused ones are left out.
+headers, with its ``UploadInfo`` (a hook that takes one), and refused ones are left out.
 """
 
 from __future__ import annotations
