@@ -258,9 +258,9 @@ class Hooks:
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A 3xx is not a delivery: the event went nowhere. Not followed either (a POST
-    turned into a GET elsewhere, or sent on to wherever a receiver points), so urllib
-    raises it as an ``HTTPError``: a failed attempt."""
+    """A 3xx is not a delivery, and is not followed: urllib would resend the event as a
+    GET, to wherever the receiver points. Refused here, it surfaces as an ``HTTPError``:
+    a failed attempt, retried and then logged."""
 
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -285,7 +285,7 @@ def upload_json(upload: UploadInfo) -> dict[str, Any]:
             key: None if value is None else value.decode("utf-8", "replace")
             for key, value in parse_metadata(upload.metadata).items()
         }
-    except Exception:
+    except TusError:
         # Stored by a pre_create hook in a form the header can't carry: sent as it is
         # rather than not at all.
         metadata = upload.metadata
