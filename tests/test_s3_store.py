@@ -481,6 +481,51 @@ def test_concatenation_on_s3(s3_client: FlaskClient) -> None:
     assert s3_client.get(final).data == b"".join(parts)
 
 
+def bucket_bytes(store: S3Store) -> int:
+    listing = store.client.list_objects_v2(Bucket=store.bucket)
+    return sum(int(item["Size"]) for item in listing.get("Contents", []))
+
+
+def test_finals_on_s3_read_through_partials_and_copy_nothing(
+    s3_client: FlaskClient, s3_app: Flask, clock: Clock
+) -> None:
+    store = service(s3_app).store
+    assert isinstance(store, S3Store)
+    big, small = data_of(6 * MiB, 25), data_of(1000, 26)
+    partials = []
+    for part in (big, small):
+        url = create(s3_client, len(part), **{"Upload-Concat": "partial"})
+        assert patch(s3_client, url, 0, part) == 204
+        partials.append(url)
+    before = bucket_bytes(store)
+    named = [partials[1], partials[0], partials[1], partials[0], partials[1]]
+    finals = []
+    for _ in range(3):
+        response = s3_client.post(
+            "/files/", headers={**TUS, "Upload-Concat": "final;" + " ".join(named)}
+        )
+        assert response.status_code == 201
+        finals.append(response.headers["Location"])
+    assert bucket_bytes(store) == before  # three finals of 12 MiB each: no new bytes
+    whole = small + big + small + big + small
+    assert hashlib.sha256(s3_client.get(finals[0]).data).digest() == hashlib.sha256(whole).digest()
+    first, last = len(small) + len(big) - 5, len(small) * 2 + len(big) + 5  # two boundaries
+    response = s3_client.get(finals[1], headers={"Range": f"bytes={first}-{last}"})
+    assert (response.status_code, response.data) == (206, whole[first : last + 1])
+
+    # The partials' URLs go; their bytes stay for the finals, until none is left.
+    for url in partials:
+        assert s3_client.delete(url, headers=TUS).status_code == 204
+        assert s3_client.head(url, headers=TUS).status_code == 410
+    assert s3_client.get(finals[2]).data == whole
+    for url in finals:
+        assert s3_client.delete(url, headers=TUS).status_code == 204
+    clock.now = datetime.now(UTC) + timedelta(days=1)
+    result = s3_app.test_cli_runner().invoke(args=["cleanup", "--json"])
+    assert result.exit_code == 0, result.output
+    assert keys(store) == []
+
+
 def test_empty_upload_on_s3(s3_client: FlaskClient) -> None:
     url = create(s3_client, 0)
     response = s3_client.get(url)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from . import db, protocol
 from .errors import (
@@ -40,11 +40,14 @@ from .hooks import HookRequest, Hooks
 from .locking import Locker
 from .models import Concat, Upload, UploadPart, UploadState
 from .storage import UploadStore
+from .storage.chained import chained
 
 log = logging.getLogger(__name__)
 
 # 128 bits of randomness: an upload URL is a capability, so it must not be guessable.
 _ID_BYTES = 16
+# Ids per IN (...) query: well under SQLite's bound-parameter limit.
+_QUERY_BATCH = 500
 
 
 def utcnow() -> datetime:
@@ -53,6 +56,36 @@ def utcnow() -> datetime:
 
 def new_upload_id() -> str:
     return secrets.token_hex(_ID_BYTES)
+
+
+# The states in which a final upload still needs its partials' bytes: a final holds no
+# copy of them (it is read through them), so they stay while it lives.
+LIVE_FINAL_STATES = (UploadState.ACTIVE, UploadState.COMPLETED)
+
+
+def named_by_live_finals() -> Select[str]:
+    """The ids of partial uploads some live final upload names (their bytes are its)."""
+    finals = aliased(Upload)
+    return (
+        select(UploadPart.partial_id)
+        .join(finals, finals.id == UploadPart.final_id)
+        .where(finals.state.in_(LIVE_FINAL_STATES))
+    )
+
+
+def partial_in_use(session: Session, partial_id: str) -> bool:
+    query = named_by_live_finals().where(UploadPart.partial_id == partial_id).limit(1)
+    return session.scalar(query) is not None
+
+
+def _holds_its_bytes(partial: Upload) -> bool:
+    """A partial whose bytes are all stored for good: complete, or terminated after it
+    completed while a final named it (terminate keeps such bytes)."""
+    return (
+        partial.length is not None
+        and partial.offset >= partial.length
+        and partial.state in (UploadState.COMPLETED, UploadState.TERMINATED)
+    )
 
 
 @dataclass(frozen=True)
@@ -198,41 +231,82 @@ class UploadService:
         self.hooks.emit("post-finish", info)
         return info
 
-    def create_final(self, partial_ids: list[str], metadata: dict[str, bytes | None]) -> UploadInfo:
+    def create_final(
+        self,
+        partial_ids: list[str],
+        metadata: dict[str, bytes | None],
+        *,
+        request: HookRequest | None = None,
+    ) -> UploadInfo:
         """Register a final upload made of ``partial_ids`` (concatenation).
 
+        A partial may be named several times, here and in other finals: no bytes are
+        copied (a final is read through its partials, see ``download``), so naming one
+        costs a row, not a copy. Every partial named must pass the authorize hook as a
+        GET of it, and the final the pre-create hook, like any creation.
         The partials may still be unfinished (concatenation-unfinished): the final
         completes when the last of them does.
         """
-        if len(set(partial_ids)) != len(partial_ids):
-            raise InvalidHeader("Upload-Concat names a partial upload twice")
-        with self.sessions.begin() as session:
-            lengths = [self._partial_length(session, partial_id) for partial_id in partial_ids]
-        length = sum(lengths)
+        partials = self.describe_many(partial_ids)
+        for partial_id in dict.fromkeys(partial_ids):
+            if partial_id not in partials:
+                raise UploadNotFound(f"partial upload {partial_id} not found")
+            if request is not None:
+                # Before anything but "unknown" is told of it: whose bytes a final
+                # may read is the hook's call, as for a download of the partial.
+                read = replace(
+                    request,
+                    method="GET",
+                    path=f"{request.path.rstrip('/')}/{partial_id}",
+                    upload_id=partial_id,
+                )
+                self.hooks.authorize(read, partials[partial_id])
+        length = sum(self._partial_length(partials[partial_id]) for partial_id in partial_ids)
         self._check_size(length)
+        changes = self.hooks.pre_create(request, length, metadata)
+        if changes.metadata is not None:
+            metadata = changes.metadata
         row = self._new_row(length, metadata, Concat.FINAL)
-        self._register(
-            row,
-            [
-                UploadPart(final_id=row.id, position=position, partial_id=partial_id)
-                for position, partial_id in enumerate(partial_ids)
-            ],
-        )
+        if changes.upload_id is not None:
+            row.id = self._chosen_id(changes.upload_id)
+        # Holds no bytes (they are the partials'), but a final has data like any upload:
+        # its lock, cleanup and terminate treat it as one.
+        self.store.create(row.id)
+        try:
+            with self.sessions.begin() as session:
+                for partial_id in sorted(set(partial_ids)):
+                    # Again, with each partial's row locked (PostgreSQL; SQLite's write
+                    # transactions are serial): a DELETE of one either came first (410
+                    # here) or finds this final naming it, and keeps its bytes.
+                    partial = session.get(Upload, partial_id, with_for_update=True)
+                    if partial is None:
+                        raise UploadNotFound(f"partial upload {partial_id} not found")
+                    self._partial_length(UploadInfo.of(partial))
+                session.add(row)
+                session.flush()  # the upload row before its parts (foreign key)
+                session.add_all(
+                    UploadPart(final_id=row.id, position=position, partial_id=partial_id)
+                    for position, partial_id in enumerate(partial_ids)
+                )
+        except BaseException:
+            self.store.delete(row.id)
+            raise
         log.info("final upload %s created from %d partials", row.id, len(partial_ids))
         self.hooks.emit("post-create", UploadInfo.of(row, tuple(partial_ids)))
         with self._locked(row.id):
             return self._assemble(row.id)
 
-    def _partial_length(self, session: Session, partial_id: str) -> int:
-        partial = session.get(Upload, partial_id)
-        if partial is None:
-            raise UploadNotFound(f"partial upload {partial_id} not found")
-        if partial.state in (UploadState.TERMINATED, UploadState.EXPIRED):
-            raise UploadGone(f"partial upload {partial_id} expired or terminated")
+    def _partial_length(self, partial: UploadInfo) -> int:
+        if partial.state in (UploadState.TERMINATED, UploadState.EXPIRED) or (
+            partial.state is UploadState.ACTIVE
+            and partial.expires_at is not None
+            and partial.expires_at <= self.clock()
+        ):
+            raise UploadGone(f"partial upload {partial.id} expired or terminated")
         if partial.concat is not Concat.PARTIAL:
-            raise InvalidHeader(f"upload {partial_id} is not a partial upload")
+            raise InvalidHeader(f"upload {partial.id} is not a partial upload")
         if partial.length is None:
-            raise InvalidHeader(f"partial upload {partial_id} has no length yet")
+            raise InvalidHeader(f"partial upload {partial.id} has no length yet")
         return partial.length
 
     def _check_size(self, length: int | None) -> None:
@@ -274,6 +348,26 @@ class UploadService:
 
     # -- reads ------------------------------------------------------------------------
 
+    def describe(self, upload_id: str) -> UploadInfo:
+        """The upload as the registry has it, tombstones included: what the authorize
+        hook decides on. A read only: no lock, no write, no store. An id this server
+        could not have made, or doesn't know, is ``UploadNotFound`` (404)."""
+        info = self.describe_many([upload_id]).get(upload_id)
+        if info is None:
+            raise UploadNotFound()
+        return info
+
+    def describe_many(self, upload_ids: Iterable[str]) -> dict[str, UploadInfo]:
+        """``describe`` for many ids at once (unknown ones are left out)."""
+        wanted = sorted({i for i in upload_ids if protocol.UPLOAD_ID.fullmatch(i)})
+        infos: dict[str, UploadInfo] = {}
+        with self.readers.begin() as session:
+            for start in range(0, len(wanted), _QUERY_BATCH):
+                batch = wanted[start : start + _QUERY_BATCH]
+                for row in session.scalars(select(Upload).where(Upload.id.in_(batch))):
+                    infos[row.id] = UploadInfo.of(row, self._parts(session, row))
+        return infos
+
     def info(self, upload_id: str) -> UploadInfo:
         """The upload as stored, reconciled with its data file under the lock."""
         with self._locked(upload_id):
@@ -282,6 +376,10 @@ class UploadService:
             with self.readers.begin() as session:
                 row = self._load(session, upload_id, reconcile=False)
                 info = UploadInfo.of(row, self._parts(session, row))
+            if info.concat is Concat.FINAL:
+                # Its bytes are its partials' (download): its own data holds none, so
+                # there is nothing to reconcile.
+                return info if info.complete else self._assemble(upload_id)
             size = self.store.size(upload_id)
             if row.verifying and size is not None and size > info.offset:
                 # Bytes of a checksummed PATCH that never got its verdict: dropped from
@@ -299,8 +397,6 @@ class UploadService:
                         raise
                     # A full disk refuses to clear the flag, but the answer stands: the
                     # next PATCH's transaction clears it before writing.
-            if info.concat is Concat.FINAL and not info.complete:
-                return self._assemble(upload_id)
             return info
 
     def download(self, upload_id: str) -> tuple[UploadInfo, BinaryIO]:
@@ -313,13 +409,40 @@ class UploadService:
             raise UploadNotFound()
         with self.sessions.begin() as session:
             row = self._load(session, upload_id, reconcile=False)
-            info = UploadInfo.of(row)
+            info = UploadInfo.of(row, self._parts(session, row))
+            lengths = self._lengths(session, info.parts)
         if not info.complete:
             raise UploadNotFound("upload not complete yet")
         try:
+            # A final made before finals stopped copying holds its bytes itself.
+            if info.concat is Concat.FINAL and self.store.size(upload_id) != info.length:
+                return info, self._open_parts(info.parts, lengths)
             return info, self.store.open(upload_id)
         except FileNotFoundError:
             raise UploadGone("upload data is missing") from None
+
+    @staticmethod
+    def _lengths(session: Session, upload_ids: Iterable[str]) -> dict[str, int]:
+        wanted = set(upload_ids)
+        if not wanted:
+            return {}
+        query = select(Upload.id, Upload.length).where(Upload.id.in_(wanted))
+        return {upload_id: length or 0 for upload_id, length in session.execute(query)}
+
+    def _open_parts(self, parts: tuple[str, ...], lengths: dict[str, int]) -> BinaryIO:
+        """A final's bytes: its partials', one after another, as one seekable file.
+        A partial named several times is opened once."""
+        files: dict[str, BinaryIO] = {}
+        try:
+            for partial_id in dict.fromkeys(parts):
+                if partial_id not in lengths:
+                    raise FileNotFoundError(partial_id)  # its row was purged
+                files[partial_id] = self.store.open(partial_id)
+        except BaseException:
+            for file in files.values():
+                file.close()
+            raise
+        return chained([(files[partial_id], lengths[partial_id]) for partial_id in parts])
 
     # -- writes -----------------------------------------------------------------------
 
@@ -414,8 +537,16 @@ class UploadService:
                 row.state = UploadState.TERMINATED
                 row.expires_at = None
                 row.updated_at = self.clock()
+                # The tombstone first (on PostgreSQL, this takes the row lock a final
+                # being created holds), then the question: either that final committed
+                # and is seen naming this partial, or it will find the tombstone.
+                session.flush()
+                # A live final reads its bytes through this partial's: they stay (the
+                # URL answers 410 all the same); cleanup removes them once unnamed.
+                keep = row.concat is Concat.PARTIAL and partial_in_use(session, upload_id)
                 info = UploadInfo.of(row)
-            self.store.delete(upload_id)
+            if not keep:
+                self.store.delete(upload_id)
             self.locker.forget(upload_id)
         log.info("upload %s terminated", upload_id)
         self.hooks.emit("post-terminate", info)
@@ -433,19 +564,22 @@ class UploadService:
         return tuple(session.scalars(query))
 
     def _assemble(self, final_id: str) -> UploadInfo:
-        """Complete a final upload once all its partials are complete (lock held)."""
-        with self.sessions.begin() as session:
+        """Complete a final upload once all its partials are complete (lock held).
+
+        Nothing is copied: the final is read through its partials' bytes (download),
+        which stay while it lives (terminate, cleanup). So a DELETE of a partial racing
+        this is harmless: the partial's bytes are kept for the final either way.
+        """
+        with self.readers.begin() as session:
             row = self._load(session, final_id, reconcile=False)
             parts = self._parts(session, row)
             info = UploadInfo.of(row, parts)
             if info.complete:
                 return info
-            for partial_id in parts:
-                partial = session.get(Upload, partial_id)
-                if partial is None or partial.state is not UploadState.COMPLETED:
-                    return info
-        # The copy runs outside any transaction; the final's lock keeps it ours.
-        self.store.compose(final_id, parts)
+            query = select(Upload).where(Upload.id.in_(set(parts)))
+            ready = {partial.id for partial in session.scalars(query) if _holds_its_bytes(partial)}
+            if not ready.issuperset(parts):
+                return info
         with self.sessions.begin() as session:
             row = self._load(session, final_id, reconcile=False)
             row.offset = row.length or 0
@@ -497,6 +631,8 @@ class UploadService:
         Called under the lock. The file is the truth for bytes that landed, except bytes
         of a checksummed PATCH that never got its verdict: those are dropped.
         """
+        if row.concat is Concat.FINAL:
+            return  # its bytes are its partials': its own data is empty by design
         size = self.store.size(row.id)
         if size is None:
             raise UploadGone("upload data is missing")

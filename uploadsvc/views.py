@@ -60,7 +60,22 @@ def require_tus_version() -> None:
     if request.method not in NO_TUS_HEADER_METHODS:
         protocol.require_tus_resumable(request.headers.get("Tus-Resumable"))
     if request.method != "OPTIONS":
-        service().hooks.authorize(hook_request())
+        authorize()
+
+
+def authorize() -> None:
+    """The authorize hook, for every method on every route, with the upload the request
+    is about (None for a creation). An id the registry doesn't know is a 404 before the
+    hook runs (there is nothing to decide on); for any known one, tombstones included,
+    the hook decides before any other answer tells anything about it. A read only."""
+    svc = service()
+    if not svc.hooks.authorizes:
+        return
+    upload_id = (request.view_args or {}).get("upload_id")
+    upload = None
+    if upload_id is not None and svc.hooks.authorize_needs_upload:
+        upload = svc.describe(upload_id)
+    svc.hooks.authorize(hook_request(), upload)
 
 
 def hook_request() -> HookRequest:
@@ -94,7 +109,9 @@ def create() -> Response:
     if concat is not None and concat.final:
         if "Upload-Length" in headers or "Upload-Defer-Length" in headers:
             raise InvalidHeader("a final upload's length is computed: send no Upload-Length")
-        info = svc.create_final([_partial_id(url) for url in concat.urls], metadata)
+        info = svc.create_final(
+            [_partial_id(url) for url in concat.urls], metadata, request=hook_request()
+        )
         return _created(info)
     length = protocol.parse_creation_length(
         headers.get("Upload-Length"), headers.get("Upload-Defer-Length")

@@ -6,7 +6,7 @@ with tus-js-client (``static/tus.min.js``, copied from npm by ``make install``) 
 
 The list shows a person only the uploads the ``authorize`` hook would let them
 download: each one is checked as a ``GET /files/<id>`` carrying the listing request's
-headers, and refused ones are left out.
+headers, with its ``UploadInfo`` (a hook that takes one), and refused ones are left out.
 """
 
 from __future__ import annotations
@@ -83,9 +83,18 @@ def uploads() -> ResponseBase:
     service = _service()
     headers = dict(request.headers)
     shown: list[dict[str, Any]] = []
-    for upload in listing.recent_completed(service.sessions):
+    candidates = list(listing.recent_completed(service.sessions))
+    # The hook decides on each upload as for its download, so it is given each one.
+    infos = (
+        service.describe_many(upload.id for upload in candidates)
+        if service.hooks.authorize_needs_upload
+        else {}
+    )
+    for upload in candidates:
         if len(shown) >= limit:
             break
+        if service.hooks.authorize_needs_upload and upload.id not in infos:
+            continue  # gone since it was listed
         try:
             service.hooks.authorize(
                 HookRequest(
@@ -94,7 +103,8 @@ def uploads() -> ResponseBase:
                     upload_id=upload.id,
                     headers=headers,
                     remote_addr=request.remote_addr,
-                )
+                ),
+                infos.get(upload.id),
             )
         except TusError:
             continue  # not theirs to see
