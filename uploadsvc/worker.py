@@ -87,15 +87,20 @@ class _HeadWait:
         self.registered = False
         self.scanned = 0  # buf[:scanned] holds no end of head
 
-    def head_ends(self) -> bool:
+    def head_ends(self, line_limit: int) -> bool:
+        """Whether gunicorn's parser can answer from what is here without reading more:
+        the head has ended (CRLF CRLF; LF LF too, which gunicorn refuses), or the
+        request line is already longer than gunicorn takes (``limit_request_line``)."""
         buf = self.buf
         start = 0
         # RFC 9112 section 2.2: empty lines before the request line may be ignored.
         while buf.startswith(b"\r\n", start):
             start += 2
-        found = buf.find(b"\r\n\r\n", max(start, self.scanned - 3))
+        since = max(start, self.scanned - 3)
         self.scanned = len(buf)
-        return found >= 0
+        if buf.find(b"\r\n\r\n", since) >= 0 or buf.find(b"\n\n", since) >= 0:
+            return True
+        return 0 < line_limit < len(buf) - start - 1 and buf.find(b"\n", start) < 0
 
 
 class HeaderDeadlineWorker(gthread.ThreadWorker):  # type: ignore[misc]
@@ -104,6 +109,8 @@ class HeaderDeadlineWorker(gthread.ThreadWorker):  # type: ignore[misc]
         # gunicorn.conf.py's on_starting validated the settings in the master.
         self.header_timeout: float = Settings.from_env().header_timeout
         self.heads: dict[Any, _HeadWait] = {}
+        limit = self.cfg.limit_request_line
+        self.line_limit: int = limit if isinstance(limit, int) else 0
         self.stop_deadline: float | None = None
         problem = layout_problem()
         self.reads_heads = problem is None
@@ -132,7 +139,7 @@ class HeaderDeadlineWorker(gthread.ThreadWorker):  # type: ignore[misc]
         wait = _HeadWait(buffered, time.monotonic() + self.header_timeout)
         self.heads[conn] = wait
         conn.sock.setblocking(False)
-        if wait.buf and wait.head_ends():
+        if wait.buf and wait.head_ends(self.line_limit):
             self._hand_over(conn, wait)
         else:
             self._read_head(conn, wait)
@@ -155,7 +162,7 @@ class HeaderDeadlineWorker(gthread.ThreadWorker):  # type: ignore[misc]
                 self._drop(conn, wait)
                 return
             wait.buf += data
-            if wait.head_ends():
+            if wait.head_ends(self.line_limit):
                 self._hand_over(conn, wait)
                 return
             if len(data) < _RECV_SIZE:

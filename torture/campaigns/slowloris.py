@@ -237,7 +237,7 @@ class Attack:
         started = time.monotonic()
         end = started + seconds
         peak_at = started + min(3.0, seconds / 2)
-        for _ in range(int(seconds / 0.02) + 100):  # bounded: one pass per 20 ms
+        for _ in range(int(seconds * 5000) + 1000):  # bounded; passes take 0.2 to 20 ms
             now = time.monotonic()
             if now >= end:
                 break
