@@ -210,6 +210,8 @@ def test_trickled_body_ends_with_its_bytes_kept_and_the_client_resumes(
         assert sent - 2 <= offset <= sent, (offset, sent)
         assert int(head_upload(url).header("Upload-Offset") or -1) == offset
         assert "slower than 1000 B/s" in server.log_text()
+        metrics = http_request("GET", f"{server.origin}/metrics").body.decode()
+        assert 'uploadsvc_stopped_bodies_total{reason="too_slow"} 1.0' in metrics
         response = patch_upload(url, offset, data[offset:])
         assert response.status == 204, response
         assert sha256_file(server.data_file(upload_id(url))) == sha256_bytes(data)
