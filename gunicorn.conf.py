@@ -30,7 +30,9 @@ from uploadsvc.hooks import load_hooks
 
 wsgi_app = "wsgi:app"
 bind = os.environ.get("UPLOADSVC_BIND", "127.0.0.1:8080")
-worker_class = "gthread"
+# gthread, but a connection gets a thread only once its request head is in (README
+# "Slow clients"): half-sent heads wait in the selector, closed after UPLOADSVC_HEADER_TIMEOUT.
+worker_class = "uploadsvc.worker.HeaderDeadlineWorker"
 workers = int(os.environ.get("UPLOADSVC_WORKERS", "2"))
 # Threads per worker: how many uploads one worker streams at once. A gthread worker
 # accepts connections it has no free thread for, and those wait until one ends, so this,

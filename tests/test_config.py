@@ -83,3 +83,55 @@ def test_gunicorn_refuses_a_bad_value_with_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "uploadsvc: UPLOADSVC_MAX_SIZE: 'lots' is not an integer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HEADER_TIMEOUT", "0"),
+        ("HEADER_TIMEOUT", "-1"),
+        ("HEADER_TIMEOUT", "nan"),
+        ("HEADER_TIMEOUT", "inf"),
+        ("HEADER_TIMEOUT", "3601"),
+        ("HEADER_TIMEOUT", "soon"),
+        ("MIN_RATE", "-1"),
+        ("MIN_RATE", "1.5"),
+        ("MIN_RATE", str(1024**3 + 1)),
+        ("MIN_RATE_WINDOW", "0"),
+        ("MIN_RATE_WINDOW", "1e9"),
+        ("MIN_RATE_GRACE", "-0.5"),
+        ("MIN_RATE_GRACE", "nan"),
+        ("MAX_UPLOADS_PER_CLIENT", "-3"),
+        ("MAX_UPLOADS_PER_CLIENT", "many"),
+        ("MAX_UPLOADS_PER_CLIENT", "1000001"),
+    ],
+)
+def test_slow_client_settings_are_bounded(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^UPLOADSVC_{name}: ") as caught:
+        Settings.from_env({f"UPLOADSVC_{name}": value})
+    assert "\n" not in str(caught.value)
+
+
+def test_slow_client_settings(tmp_path: Path) -> None:
+    defaults = Settings.from_env({"UPLOADSVC_DATA_DIR": str(tmp_path)})
+    assert (defaults.header_timeout, defaults.min_rate, defaults.max_uploads_per_client) == (
+        10.0,
+        1024,
+        32,
+    )
+    settings = Settings.from_env(
+        {
+            "UPLOADSVC_DATA_DIR": str(tmp_path),
+            "UPLOADSVC_HEADER_TIMEOUT": "0.5",
+            "UPLOADSVC_MIN_RATE": "0",
+            "UPLOADSVC_MIN_RATE_WINDOW": "2",
+            "UPLOADSVC_MIN_RATE_GRACE": "0",
+            "UPLOADSVC_MAX_UPLOADS_PER_CLIENT": "0",
+        }
+    )
+    assert (settings.header_timeout, settings.min_rate, settings.max_uploads_per_client) == (
+        0.5,
+        0,
+        0,
+    )
+    assert (settings.min_rate_window, settings.min_rate_grace) == (2.0, 0.0)

@@ -14,6 +14,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import cli, db, ops
+from .clientslots import ClientSlots
 from .config import PREFIX, ConfigError, Settings
 from .hooks import Hooks, load_hooks
 from .locking import Locker
@@ -70,7 +71,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         read_timeout=settings.read_timeout,
         on_bytes=metrics.bytes_received.inc,
         on_stop=metrics.body_stopped,
+        min_rate=settings.min_rate,
+        rate_window=settings.min_rate_window,
+        rate_grace=settings.min_rate_grace,
     )
+    app.extensions["uploadsvc.client_slots"] = ClientSlots(settings.max_uploads_per_client)
 
     from . import views, web
 

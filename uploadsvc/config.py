@@ -29,6 +29,22 @@ DEFAULT_DATA_DIR = "var"
 # Seconds a PATCH body may go without a single byte before the request ends (bytes
 # kept): a client that vanished without closing its connection frees its thread.
 DEFAULT_READ_TIMEOUT = 60.0
+# Slow clients (README "Slow clients"). A request head must arrive whole within this many
+# seconds (of a new connection's accept, of a kept-alive connection's first byte) before a
+# thread is given to it; real clients send a head in one packet.
+DEFAULT_HEADER_TIMEOUT = 10.0
+# A PATCH body slower than MIN_RATE bytes/s, averaged over each MIN_RATE_WINDOW seconds
+# after the first MIN_RATE_GRACE seconds, ends (bytes kept; the client resumes). 1 KiB/s
+# is far below any real link (a 2G phone does ~10), while a body trickled a byte at a time
+# can hold a thread for hours under READ_TIMEOUT alone.
+DEFAULT_MIN_RATE = 1024
+DEFAULT_MIN_RATE_WINDOW = 20.0
+DEFAULT_MIN_RATE_GRACE = 10.0
+# Upload bodies one client address may stream at once in one worker (threads: 128): a
+# quarter of a worker's threads, so one address can't take a worker, while an office
+# behind one NAT address still uploads 32 files at a time per worker.
+DEFAULT_MAX_UPLOADS_PER_CLIENT = 32
+MAX_SLOW_CLIENT_SECONDS = 3600.0
 # Expired and terminated uploads stay as tombstones (their URLs answer 410, not 404) for
 # a week, so a client back from a long absence learns its upload is gone, not unknown.
 DEFAULT_TOMBSTONE_TTL = 7 * 24 * 60 * 60
@@ -66,6 +82,12 @@ class Settings:
     # power loss for speed; a process crash still loses nothing.
     fsync: bool = True
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    # Slow clients: see the defaults above. min_rate 0 and max_uploads_per_client 0 mean off.
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    min_rate: int = DEFAULT_MIN_RATE
+    min_rate_window: float = DEFAULT_MIN_RATE_WINDOW
+    min_rate_grace: float = DEFAULT_MIN_RATE_GRACE
+    max_uploads_per_client: int = DEFAULT_MAX_UPLOADS_PER_CLIENT
     # Origins allowed to upload from browsers: exact "scheme://host[:port]" or "*".
     cors_origins: tuple[str, ...] = ()
     # How many proxies in front set X-Forwarded-*; 0 trusts none of those headers.
@@ -130,6 +152,19 @@ class Settings:
             lock_timeout=_positive_float(values, "LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
             fsync=_boolean(values, "FSYNC", True),
             read_timeout=_positive_float(values, "READ_TIMEOUT", DEFAULT_READ_TIMEOUT),
+            header_timeout=_seconds_within(
+                values, "HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT, allow_zero=False
+            ),
+            min_rate=_count_within(values, "MIN_RATE", DEFAULT_MIN_RATE, 1024**3),
+            min_rate_window=_seconds_within(
+                values, "MIN_RATE_WINDOW", DEFAULT_MIN_RATE_WINDOW, allow_zero=False
+            ),
+            min_rate_grace=_seconds_within(
+                values, "MIN_RATE_GRACE", DEFAULT_MIN_RATE_GRACE, allow_zero=True
+            ),
+            max_uploads_per_client=_count_within(
+                values, "MAX_UPLOADS_PER_CLIENT", DEFAULT_MAX_UPLOADS_PER_CLIENT, 1_000_000
+            ),
             cors_origins=_origins(values, "CORS_ORIGINS"),
             proxy_hops=_non_negative_int(values, "PROXY_HOPS", 0),
             hooks=_import_path(values, "HOOKS"),
@@ -302,3 +337,32 @@ def _boolean(values: Mapping[str, Any], name: str, default: bool) -> bool:
     if text in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"{PREFIX}{name}: {value!r} is not a boolean (use 1 or 0)")
+
+
+def _seconds_within(
+    values: Mapping[str, Any], name: str, default: float, *, allow_zero: bool
+) -> float:
+    """Seconds in (0 or above 0, MAX_SLOW_CLIENT_SECONDS]."""
+    value = _raw(values, name)
+    if value is None:
+        return default
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name}: {value!r} is not a number of seconds") from None
+    low_ok = number >= 0 if allow_zero else number > 0
+    if not (low_ok and number <= MAX_SLOW_CLIENT_SECONDS):
+        low = "0" if allow_zero else "above 0"
+        raise ConfigError(
+            f"{PREFIX}{name}: must be from {low} to {MAX_SLOW_CLIENT_SECONDS:g} seconds,"
+            f" got {value!r}"
+        )
+    return number
+
+
+def _count_within(values: Mapping[str, Any], name: str, default: int, high: int) -> int:
+    """An integer from 0 (off) to ``high``."""
+    number = _non_negative_int(values, name, default)
+    if number > high:
+        raise ConfigError(f"{PREFIX}{name}: must be from 0 (off) to {high}, got {number}")
+    return number

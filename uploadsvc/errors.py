@@ -9,6 +9,7 @@ Everything below the views raises one of these; the views render them in one pla
       UploadTooLarge 413       UploadLocked 423        ChecksumMismatch 460
       BodyIncomplete 400       InsufficientStorage 507 Forbidden 403
       BodyCut 503 (+ Retry-After)
+      TooManyUploads 503 (+ Retry-After)
 """
 
 from __future__ import annotations
@@ -135,3 +136,13 @@ class HookFailed(TusError):
 
 class InsufficientStorage(TusError):
     status, reason, message = 507, "Insufficient Storage", "no space left to store the upload"
+
+
+class TooManyUploads(TusError):
+    """One client address has UPLOADSVC_MAX_UPLOADS_PER_CLIENT bodies in flight here.
+
+    503, not 429: tus-js-client (the page, and every app built on it) retries 503 but
+    not 429; the CLI retries both. ``retry_after`` goes out as Retry-After."""
+
+    status, reason, message = 503, "Service Unavailable", "too many uploads in flight; retry"
+    retry_after = 5

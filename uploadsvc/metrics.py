@@ -82,7 +82,7 @@ class Metrics:
         )
         self.stopped_bodies = Counter(
             "uploadsvc_stopped_bodies",
-            "PATCH bodies ended early: takeover, read_timeout or shutdown.",
+            "PATCH bodies ended early: takeover, read_timeout, shutdown or too_slow.",
             ["reason"],
             registry=registry,
         )

@@ -2,6 +2,9 @@
 
 A PATCH ends early, keeping every byte it got, when:
 - its client sent nothing for ``read_timeout`` seconds (gone without closing);
+- its client sent fewer than ``min_rate`` bytes/s over a ``rate_window`` (after the
+  first ``rate_grace`` seconds): a body trickled a byte at a time must not hold a
+  thread for hours (README "Slow clients");
 - another request waits for the upload's lock and this body has stalled for
   ``stall_grace`` seconds: a half-open connection must not hold an upload hostage,
   while a client that is still sending keeps its upload;
@@ -60,6 +63,9 @@ ANSWERS: dict[str, Answer] = {
     # The stale holder's client is usually gone; if it is not, it resumes behind the
     # request that took over (which it may be itself, retrying on a new connection).
     "takeover": Answer("another request took this upload over; resume from Upload-Offset", 1),
+    # A body trickled below UPLOADSVC_MIN_RATE: an honest client on a bad link resumes
+    # and gets a fresh grace; a slowloris only gets to hold a thread for a window.
+    "too_slow": Answer("the body came too slowly; resume from Upload-Offset", 5),
 }
 
 
@@ -72,6 +78,11 @@ class _Transfer:
     waiting_since: float | None
     kind: str | None = field(default=None)  # a key of ANSWERS once stopped
     stopped: str | None = field(default=None)
+    # The minimum rate's window: bytes received in all, and at the window's start
+    # (None until the grace is over).
+    received: int = 0
+    window_start: float = 0.0
+    window_bytes: int | None = None
 
 
 class TransferMonitor:
@@ -85,6 +96,9 @@ class TransferMonitor:
         clock: Callable[[], float] = time.monotonic,
         on_bytes: Callable[[int], None] = lambda count: None,
         on_stop: Callable[[str], None] = lambda kind: None,
+        min_rate: int = 0,
+        rate_window: float = 20.0,
+        rate_grace: float = 10.0,
     ) -> None:
         self.locker = locker
         self.read_timeout = read_timeout
@@ -93,6 +107,9 @@ class TransferMonitor:
         self.clock = clock
         self.on_bytes = on_bytes
         self.on_stop = on_stop
+        self.min_rate = min_rate  # bytes/s; 0: no minimum
+        self.rate_window = rate_window
+        self.rate_grace = rate_grace
         self._active: set[_Transfer] = set()
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -107,7 +124,8 @@ class TransferMonitor:
     ) -> Iterator[bytes]:
         """Yield ``chunks``, watched from the first read (the lock is held by then)
         until the body ends."""
-        transfer = _Transfer(upload_id, stop, self.clock())
+        started = self.clock()
+        transfer = _Transfer(upload_id, stop, started, window_start=started + self.rate_grace)
         self._add(transfer)
         blocks = iter(chunks)
         try:
@@ -123,6 +141,7 @@ class TransferMonitor:
                     raise
                 finally:
                     transfer.waiting_since = None
+                transfer.received += len(chunk)
                 self.on_bytes(len(chunk))
                 yield chunk
         finally:
@@ -164,4 +183,23 @@ class TransferMonitor:
             return "read_timeout", f"no bytes for {self.read_timeout:g} s"
         if idle >= self.stall_grace and self.locker.release_requested(transfer.upload_id):
             return "takeover", "stalled, and another request wants the upload"
+        if self.min_rate and self._too_slow(transfer):
+            return "too_slow", f"slower than {self.min_rate} B/s over {self.rate_window:g} s"
         return "", None
+
+    def _too_slow(self, transfer: _Transfer) -> bool:
+        """Whether the window that just ended got fewer than ``min_rate`` bytes/s; then
+        the next window starts. Called by the watcher thread only."""
+        now = self.clock()
+        if now < transfer.window_start:
+            return False
+        if transfer.window_bytes is None:  # the grace just ended: the first window starts
+            transfer.window_start, transfer.window_bytes = now, transfer.received
+            return False
+        elapsed = now - transfer.window_start
+        if elapsed < self.rate_window:
+            return False
+        if transfer.received - transfer.window_bytes < self.min_rate * self.rate_window:
+            return True
+        transfer.window_start, transfer.window_bytes = now, transfer.received
+        return False

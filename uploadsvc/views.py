@@ -14,6 +14,7 @@ from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
 from . import body, cors, db, downloads, protocol
+from .clientslots import ClientSlots
 from .config import Settings
 from .errors import (
     InsufficientStorage,
@@ -222,19 +223,22 @@ def _append(
     length: int | None = None,
 ) -> UploadInfo:
     monitor = cast(TransferMonitor, current_app.extensions["uploadsvc.transfers"])
+    slots = cast(ClientSlots, current_app.extensions["uploadsvc.client_slots"])
     trailers: dict[str, str] = {}
     chunks = monitor.track(
         upload_id, body.read_body(request.environ, trailers=trailers), _stopper()
     )
-    return svc.append(
-        upload_id,
-        offset,
-        chunks,
-        trailer=_checksum_trailer(trailers) if checksum is None else None,
-        content_length=body.content_length(request.environ),
-        length=length,
-        checksum=checksum,
-    )
+    # The body holds this worker's thread until it ends: one address gets so many.
+    with slots.hold(request.remote_addr):
+        return svc.append(
+            upload_id,
+            offset,
+            chunks,
+            trailer=_checksum_trailer(trailers) if checksum is None else None,
+            content_length=body.content_length(request.environ),
+            length=length,
+            checksum=checksum,
+        )
 
 
 def _checksum_trailer(trailers: dict[str, str]) -> Callable[[], str | None] | None:
