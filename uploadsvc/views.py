@@ -311,8 +311,20 @@ def _error_response(error: TusError) -> Response:
     return response
 
 
+def _is_tus_path(path: str) -> bool:
+    """Whether a path is under the tus endpoints, matched route or not (a 404 or 405
+    there is a tus answer too, and a browser client must be able to read it)."""
+    prefix = bp.url_prefix or ""
+    return path == prefix or path.startswith(prefix + "/")
+
+
 @bp.after_app_request
 def add_common_headers(response: ResponseBase) -> ResponseBase:
+    # Only the tus endpoints speak tus, and only they are for other origins: CORS on
+    # /metrics or /api/uploads (capability URLs) would let any web page read them
+    # through a visitor's browser.
+    if not _is_tus_path(request.path):
+        return response
     response.headers["Tus-Resumable"] = protocol.TUS_VERSION
     response.headers.update(
         cors.cors_headers(
