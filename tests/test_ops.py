@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from tests.conftest import TUS
 from tests.test_views import create, patch
-from uploadsvc import ops
+from uploadsvc import metrics, ops
 
 
 def metric(text: str, name: str) -> float:
@@ -133,3 +133,34 @@ def test_json_log_line_escapes_what_the_client_controls(text: str) -> None:
     line = ops.JsonFormatter().format(record)
     assert len(line.splitlines()) == 1 and line.isprintable() and line.isascii()
     assert json.loads(line)["message"] == json.loads(line)["path"] == text
+
+
+def _series(text: str) -> set[str]:
+    return {line.split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_made_up_methods_and_statuses_add_no_series(client: FlaskClient) -> None:
+    """Label values are bounded: a stranger's made-up methods all count as "other", so
+    /metrics doesn't grow by a counter and a histogram per method, forever."""
+    for path in ("/files/", "/nowhere", "/metrics"):  # the "other" series exist
+        client.open(path, method="BREW", headers=TUS).close()
+    client.get("/metrics").close()
+    before = _series(client.get("/metrics").text)
+    for number in range(60):
+        for path in ("/files/", "/nowhere", "/metrics"):
+            client.open(path, method=f"X{number}", headers=TUS).close()
+            client.open(path, method=f"get{number}", headers=TUS).close()
+    after = _series(client.get("/metrics").text)
+    assert after == before
+    assert (
+        metric(client.get("/metrics").text, 'uploadsvc_requests_total{method="other",status="405"}')
+        >= 120
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "label"),
+    [(200, "200"), (460, "460"), (499, "4xx"), (599, "5xx"), (799, "other"), (-1, "other")],
+)
+def test_status_labels_are_bounded(status: int, label: str) -> None:
+    assert metrics.status_label(status) == label
