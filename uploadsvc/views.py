@@ -63,6 +63,19 @@ def require_tus_version() -> None:
         service().hooks.authorize(hook_request())
 
 
+@bp.before_request
+def require_usable_host() -> None:
+    # Location and Upload-Concat URLs are made from the Host the client sent. One that
+    # can't make a URL (characters Werkzeug drops, an IDNA label that won't decode) is
+    # the client's mistake: 400, not a 500 or a Location without a host.
+    try:
+        usable = all((request.host, request.url, url_for("tus.create", _external=True)))
+    except (UnicodeError, ValueError):
+        usable = False
+    if not usable:
+        raise InvalidHeader("Host is missing or not a valid host[:port]")
+
+
 def hook_request() -> HookRequest:
     view_args = request.view_args or {}
     return HookRequest(
