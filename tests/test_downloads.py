@@ -183,3 +183,49 @@ def test_download_of_a_fullwidth_name_has_one_filename(client: FlaskClient) -> N
         "attachment",
         {"filename": "_; filename=_.._.._evil.html"},
     )
+
+
+@pytest.mark.parametrize(
+    ("range_header", "status", "body"),
+    [
+        # One satisfiable range of bytes: 206.
+        ("bytes=2-4", 206, b"234"),
+        ("bytes=-3", 206, b"789"),
+        ("bytes=7-", 206, b"789"),
+        ("bytes=8-100", 206, b"89"),
+        ("bytes=0-0", 206, b"0"),
+        ("BYTES=1-1", 206, b"1"),
+        ("bytes= 1-2", 206, b"12"),
+        # One well-formed range past the end: 416.
+        ("bytes=10-", 416, b""),
+        ("bytes=20-30", 416, b""),
+        ("bytes=99999999999999999999999-", 416, b""),
+        # Anything else is ignored (RFC 9110 section 14.2): the whole body, 200.
+        ("bytes=0-0,2-3", 200, b"0123456789"),
+        ("bytes=0-1,0-1,0-1", 200, b"0123456789"),
+        ("bytes=5-2", 200, b"0123456789"),
+        ("bytes=abc", 200, b"0123456789"),
+        ("bytes=", 200, b"0123456789"),
+        ("bytes=-", 200, b"0123456789"),
+        ("bytes=1-2,", 200, b"0123456789"),
+        ("bytes=--1", 200, b"0123456789"),
+        ("bytes=1-2-3", 200, b"0123456789"),
+        ("items=0-1", 200, b"0123456789"),
+        ("0-1", 200, b"0123456789"),
+        ("", 200, b"0123456789"),
+        ("bytes=\u00b9-2", 200, b"0123456789"),
+        ("bytes=" + ",".join(f"{n}-{n}" for n in range(200)), 200, b"0123456789"),
+    ],
+)
+def test_range_table(client: FlaskClient, range_header: str, status: int, body: bytes) -> None:
+    url = uploaded(client, b"0123456789", None, None)
+    response = client.get(url, headers={"Range": range_header})
+    assert (response.status_code, response.data if status != 416 else b"") == (status, body)
+    if status == 206:
+        assert response.headers["Content-Range"].startswith("bytes ")
+    elif status == 416:
+        assert response.headers["Content-Range"] == "bytes */10"
+    else:
+        assert "Content-Range" not in response.headers
+        assert response.headers["Content-Length"] == "10"
+    response.close()

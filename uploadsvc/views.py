@@ -10,6 +10,7 @@ from typing import BinaryIO, cast
 from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
@@ -156,6 +157,9 @@ def head(upload_id: str) -> Response:
 
 @bp.route("/<upload_id>", methods=["GET"])
 def download(upload_id: str) -> ResponseBase:
+    if not honoured_range(request.headers.get("Range")):
+        # Ignored, as if never sent (RFC 9110): Werkzeug would answer 416.
+        request.environ.pop("HTTP_RANGE", None)
     info, file = service().download(upload_id)
     metadata = protocol.parse_metadata(info.metadata)
     mimetype, inline = downloads.content_type(metadata.get("filetype"))
@@ -177,6 +181,17 @@ def download(upload_id: str) -> ResponseBase:
     except HTTPException:
         file.close()
         raise
+
+
+def honoured_range(value: str | None) -> bool:
+    """Whether a ``Range`` header is one range of bytes, the only kind served (206, or
+    416 when it lies past the end). RFC 9110 section 14.2: a server ignores a Range it
+    doesn't understand, so a malformed one, another unit or several ranges get the
+    whole body (200), not 416."""
+    if value is None:
+        return False
+    parsed = parse_range_header(value)
+    return parsed is not None and parsed.units.lower() == "bytes" and len(parsed.ranges) == 1
 
 
 def _file_body(file: BinaryIO) -> Iterable[bytes]:
