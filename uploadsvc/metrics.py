@@ -44,10 +44,11 @@ def status_label(status: int) -> str:
 
 
 class UploadStates(Collector):
-    """``uploadsvc_uploads{state=...}``: rows per state, counted when scraped."""
+    """``uploadsvc_uploads{state=...}``: rows per state, counted when scraped, in a
+    read-only transaction (``db.make_readers``): a scrape never waits for a writer."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self.sessions = sessions
+    def __init__(self, readers: sessionmaker[Session]) -> None:
+        self.sessions = readers
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
@@ -63,9 +64,9 @@ class UploadStates(Collector):
 
 
 class Metrics:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, readers: sessionmaker[Session]) -> None:
         self.registry = CollectorRegistry()
-        self.states = UploadStates(sessions)
+        self.states = UploadStates(readers)
         self.registry.register(self.states)
         registry = self.registry
         self.uploads = Counter(

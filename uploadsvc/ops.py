@@ -165,7 +165,7 @@ def healthz() -> Response:
     service = cast(UploadService, current_app.extensions["uploadsvc"])
     problems = []
     try:
-        with service.sessions() as session:
+        with service.readers() as session:  # a read: never queued behind a writer
             session.execute(text("SELECT 1"))
     except Exception as error:  # any failure here is what the check is for
         problems.append(f"database: {type(error).__name__}")
