@@ -226,7 +226,14 @@ def _store(values: Mapping[str, Any], name: str) -> tuple[str | None, str]:
     prefix = prefix.strip("/")
     if any(not part or part in (".", "..") for part in prefix.split("/") if prefix):
         raise ConfigError(f"{PREFIX}{name}: {text!r} has an empty or dot path segment")
-    return bucket, f"{prefix}/" if prefix else ""
+    if not prefix:
+        # Cleanup removes every object under the prefix that isn't a known upload: at
+        # the bucket's root, that would be anyone's keys of 8-64 letters and digits.
+        raise ConfigError(
+            f"{PREFIX}{name}: {text!r} needs a key prefix (s3://BUCKET/PREFIX) that only"
+            " uploadsvc writes under"
+        )
+    return bucket, f"{prefix}/"
 
 
 def _s3_part_size(values: Mapping[str, Any], name: str) -> int:
