@@ -25,20 +25,28 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["_UPLOADSVC_OWN_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 from uploadsvc import check_reachable
-from uploadsvc.config import ConfigError, Settings
+from uploadsvc.config import ConfigError, ServerSettings, Settings
 from uploadsvc.hooks import load_hooks
 
+# Checked like every setting: UPLOADSVC_WORKERS=abc was a traceback, =0 a server with
+# no worker. gunicorn reads this file before on_starting, so a bad value stops it here.
+try:
+    _server = ServerSettings.from_env()
+except ConfigError as error:
+    print(f"uploadsvc: {error}", file=sys.stderr)
+    sys.exit(1)
+
 wsgi_app = "wsgi:app"
-bind = os.environ.get("UPLOADSVC_BIND", "127.0.0.1:8080")
+bind = _server.bind
 # gthread, but a connection gets a thread only once its request head is in (README
 # "Slow clients"): half-sent heads wait in the selector, closed after UPLOADSVC_HEADER_TIMEOUT.
 worker_class = "uploadsvc.worker.HeaderDeadlineWorker"
-workers = int(os.environ.get("UPLOADSVC_WORKERS", "2"))
+workers = _server.workers
 # Threads per worker: how many uploads one worker streams at once. A gthread worker
 # accepts connections it has no free thread for, and those wait until one ends, so this,
 # not workers x threads, must cover the slow uploads in flight: with 32, a probe waited
 # out 128 clients trickling a few KiB/s; with 128, its p99 was 33 ms (`make torture`).
-threads = int(os.environ.get("UPLOADSVC_THREADS", "128"))
+threads = _server.threads
 # Heartbeat limit for a worker's main loop, not a per-request limit under gthread.
 timeout = 60
 # On SIGTERM, PATCHes in flight get this long to finish before the worker is killed.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from tests.conftest import TUS
 from tests.test_views import create, head, patch, stored
@@ -102,3 +103,80 @@ def test_bad_concat_header(client: FlaskClient, value: str) -> None:
 def test_final_over_max_size_is_413(client: FlaskClient) -> None:
     a, b = partial(client, 600), partial(client, 600)
     assert final(client, a, b)[0] == 413
+
+
+ID = "0123456789abcdef0123456789abcdef"
+HOSTILE_PARTIAL_URLS = [
+    f"http://[zz]/files/{ID}",
+    f"http://[::1/files/{ID}",
+    f"http://::1]/files/{ID}",
+    f"http://[localhost]/files/{ID}",
+    f"http://[::1]x/files/{ID}",
+    f"http://localhost:99999/files/{ID}",
+    f"http://localhost:-1/files/{ID}",
+    f"http://localhost:abc/files/{ID}",
+    f"http://localhost:/files/{ID}",
+    f"http://localhost:80/files/{ID}",
+    f"http://user:pw@localhost/files/{ID}",
+    f"http://@localhost/files/{ID}",
+    f"http://localhost@elsewhere.example/files/{ID}",
+    f"https://localhost/files/{ID}",
+    f"ftp://localhost/files/{ID}",
+    f"//elsewhere.example/files/{ID}",
+    f"http:files/{ID}",
+    f"javascript:alert(1)//files/{ID}",
+    "/files/%30123456789abcdef0123456789abcdef",
+    f"/files/{ID}%2f",
+    f"/files%2f{ID}",
+    f"/files/{ID}/",
+    f"/files/{ID}#x",
+    f"/files/{ID}/..",
+    f"files/{ID}x",
+    f"../{ID}",
+    "/files/",
+    "/files",
+    "?",
+    "#",
+    "%",
+    "%zz",
+    "[",
+    "]",
+    "http://",
+    "http://[",
+    "/files/０１２３４５６７８９abcdef0123456789abcdef",
+    f"http://ｌｏｃａｌｈｏｓｔ/files/{ID}",
+    f"http://localhost\u3002/files/{ID}",
+    f"/files/{ID}\u200b",
+    f"\u202e/files/{ID}",
+    "/files/" + "a" * 5000,
+]
+
+
+@pytest.mark.parametrize("url", HOSTILE_PARTIAL_URLS)
+def test_malformed_partial_urls_are_400(client: FlaskClient, url: str) -> None:
+    """Whatever the form, a URL that doesn't name an upload of this server is 400 (the
+    unknown id in a well-formed URL is 404), never a 500 from urllib."""
+    response = client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{url}"})
+    assert response.status_code == 400, (url, response.status_code, response.text)
+    assert "not an upload of this server" in response.text
+
+
+@pytest.mark.parametrize(
+    "url", [f"///files/{ID}", f"http:/files/{ID}", f"/files/./{ID}", f"/files/x/../{ID}"]
+)
+def test_odd_but_valid_partial_urls_name_this_server(client: FlaskClient, url: str) -> None:
+    """Forms urljoin resolves to this server's /files/<id> are followed (here: 404)."""
+    assert final(client, url)[0] == 404
+
+
+@pytest.mark.parametrize(
+    "host", ["[zz]", "[::1", "localhost:99999", "a b", "[::1]:0", "xn--", "ｌｏｃａｌ"]
+)
+def test_hostile_host_is_400(client: FlaskClient, host: str) -> None:
+    """URLs are made from Host: one that can't make a URL is 400 before anything else."""
+    for headers in ({"Upload-Concat": f"final;/files/{ID}"}, {"Upload-Length": "1"}):
+        # Straight to the app: the test client itself can't make a URL of such a Host.
+        environ = EnvironBuilder("/files/", method="POST", headers={**TUS, **headers}).get_environ()
+        environ["HTTP_HOST"] = host
+        _, status, response_headers = run_wsgi_app(client.application, environ, buffered=True)
+        assert status.startswith("400 "), response_headers.get("Location")

@@ -79,7 +79,7 @@ def test_owner_hook_guards_every_way_in(owned: FlaskClient) -> None:
     override = {**TUS, **BOB, "X-HTTP-Method-Override": "DELETE"}
     assert client.post(url, headers=override).status_code == 404
     assert client.head(url, headers=TUS).status_code == 401  # no identity at all
-    assert client.get("/api/uploads", headers=BOB).json == {"uploads": []}
+    assert client.get("/api/uploads", headers=BOB).json == {"uploads": [], "next": None}
     listed = client.get("/api/uploads", headers=ALICE).json
     assert [item["url"] for item in listed["uploads"]] == [url.lstrip("/")]
     # The stamp can't be forged: pre_create replaces what the client sends.

@@ -333,7 +333,7 @@ def test_store_settings(tmp_path: Path) -> None:
     assert (settings.s3_bucket, settings.s3_prefix) == ("my-bucket", "some/prefix/")
     assert settings.s3_endpoint_url == "http://127.0.0.1:9000"
     assert settings.s3_part_size == 16 * MiB
-    assert Settings.from_env({"UPLOADSVC_STORE": "s3://b-1"}).s3_prefix == ""
+    assert Settings.from_env({"UPLOADSVC_STORE": "s3://b-1/x"}).s3_prefix == "x/"
     assert Settings.from_env({"UPLOADSVC_STORE": "file"}).s3_bucket is None
 
 
@@ -345,10 +345,14 @@ def test_store_settings(tmp_path: Path) -> None:
         ("STORE", "s3://bucket/a//b", {}),
         ("STORE", "s3://bucket/../b", {}),
         ("STORE", "ftp://x", {}),
+        # No prefix: cleanup would take unrelated keys at the bucket's root for orphans.
+        ("STORE", "s3://bucket", {}),
+        ("STORE", "s3://bucket/", {}),
+        ("STORE", "s3://bucket//", {}),
         ("S3_PART_SIZE", str(5 * MiB - 1), {}),
         ("S3_PART_SIZE", "lots", {}),
         ("S3_ENDPOINT_URL", "minio:9000", {}),
-        ("MAX_SIZE", str(10_000 * PART + 1), {"STORE": "s3://bucket", "S3_PART_SIZE": str(PART)}),
+        ("MAX_SIZE", str(10_000 * PART + 1), {"STORE": "s3://bucket/p", "S3_PART_SIZE": str(PART)}),
     ],
 )
 def test_bad_store_settings_name_the_variable(name: str, value: str, extra: dict[str, str]) -> None:
@@ -360,9 +364,9 @@ def test_bad_store_settings_name_the_variable(name: str, value: str, extra: dict
 
 def test_an_unreachable_store_is_one_line_at_start_up() -> None:
     settings = Settings.from_env(
-        {"UPLOADSVC_STORE": "s3://bucket", "UPLOADSVC_S3_ENDPOINT_URL": "http://127.0.0.1:9"}
+        {"UPLOADSVC_STORE": "s3://bucket/p", "UPLOADSVC_S3_ENDPOINT_URL": "http://127.0.0.1:9"}
     )
-    with pytest.raises(ConfigError, match=r"^UPLOADSVC_STORE: s3://bucket/ at http") as caught:
+    with pytest.raises(ConfigError, match=r"^UPLOADSVC_STORE: s3://bucket/p/ at http") as caught:
         check_reachable(settings)
     assert "\n" not in str(caught.value)
 
@@ -555,3 +559,25 @@ def test_cleanup_on_s3(s3_client: FlaskClient, s3_app: Flask, clock: Clock) -> N
 
 def test_healthz_asks_the_bucket(s3_client: FlaskClient) -> None:
     assert s3_client.get("/healthz").status_code == 200
+
+
+def test_cleanup_on_s3_leaves_keys_outside_its_prefix(s3_app: Flask, clock: Clock) -> None:
+    """Keys that look like upload ids but aren't under the prefix (the bucket's root, a
+    sibling prefix that merely starts alike) are someone else's: cleanup keeps them."""
+    store = service(s3_app).store
+    assert isinstance(store, S3Store)
+    strangers = ["c3" * 16, "abcdefgh", "z" * 64, f"tusother/{'c3' * 16}", f"tus2{'e5' * 16}"]
+    for key in strangers:
+        store.client.put_object(Bucket=store.bucket, Key=key, Body=b"not ours")
+    orphan = "d4" * 16
+    store.create(orphan)
+    clock.now = datetime.now(UTC) + timedelta(days=1)
+    result = s3_app.test_cli_runner().invoke(args=["cleanup", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = store.client.list_objects_v2(Bucket=store.bucket)
+    assert sorted(item["Key"] for item in listed.get("Contents", [])) == sorted(strangers)
+
+
+def test_a_store_without_prefix_refuses_to_scan(make_store: Callable[..., S3Store]) -> None:
+    with pytest.raises(ValueError, match="no key prefix"):
+        make_store(prefix="").scan()

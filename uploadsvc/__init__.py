@@ -47,7 +47,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         engine.dispose()
         raise
     sessions = db.make_sessionmaker(engine)
-    metrics = Metrics(sessions)
+    # Reads (downloads, HEADs, /metrics, /healthz, the page's list) take no write lock.
+    readers = db.make_readers(engine)
+    metrics = Metrics(readers)
     hooks = Hooks(
         target=load_hooks(settings.hooks) if settings.hooks else None,
         webhook_url=settings.webhook_url,
@@ -64,7 +66,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             lock_timeout=settings.lock_timeout,
         ),
         hooks=hooks,
-        readers=db.make_readers(engine),
+        readers=readers,
     )
     app.extensions["uploadsvc.transfers"] = TransferMonitor(
         locker,

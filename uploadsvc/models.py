@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Enum,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -61,6 +62,9 @@ class Base(DeclarativeBase):
 
 class Upload(Base):
     __tablename__ = "uploads"
+    # The upload page's list (listing.py): completed uploads, newest first, paged by
+    # (completed_at, id). Without it every page sorted the table under its transaction.
+    __table_args__ = (Index("ix_uploads_listing", "state", "completed_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     state: Mapped[UploadState] = mapped_column(

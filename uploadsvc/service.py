@@ -407,7 +407,7 @@ class UploadService:
         """
         if not protocol.UPLOAD_ID.fullmatch(upload_id):
             raise UploadNotFound()
-        with self.sessions.begin() as session:
+        with self.readers.begin() as session:
             row = self._load(session, upload_id, reconcile=False)
             info = UploadInfo.of(row, self._parts(session, row))
             lengths = self._lengths(session, info.parts)
@@ -606,8 +606,9 @@ class UploadService:
             raise UploadNotFound()
         if self.store.size(upload_id) is None:
             # No data: an unknown id, a tombstone or lost data. Nothing to protect, so
-            # no lock (and no lock file for every id a stranger makes up).
-            with self.sessions.begin() as session:
+            # no lock (and no lock file for every id a stranger makes up), and only a
+            # read: a stranger's made-up ids never queue behind (or block) a writer.
+            with self.readers.begin() as session:
                 self._load(session, upload_id, reconcile=False)
             raise UploadGone("upload data is missing")
         return self.locker.hold(upload_id, timeout=self.limits.lock_timeout)

@@ -10,6 +10,7 @@ from typing import BinaryIO, cast
 from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
@@ -77,6 +78,19 @@ def authorize() -> None:
     if upload_id is not None and svc.hooks.authorize_needs_upload:
         upload = svc.describe(upload_id)
     svc.hooks.authorize(hook_request(), upload)
+
+
+@bp.before_request
+def require_usable_host() -> None:
+    # Location and Upload-Concat URLs are made from the Host the client sent. One that
+    # can't make a URL (characters Werkzeug drops, an IDNA label that won't decode) is
+    # the client's mistake: 400, not a 500 or a Location without a host.
+    try:
+        usable = all((request.host, request.url, url_for("tus.create", _external=True)))
+    except (UnicodeError, ValueError):
+        usable = False
+    if not usable:
+        raise InvalidHeader("Host is missing or not a valid host[:port]")
 
 
 def hook_request() -> HookRequest:
@@ -161,6 +175,9 @@ def head(upload_id: str) -> Response:
 
 @bp.route("/<upload_id>", methods=["GET"])
 def download(upload_id: str) -> ResponseBase:
+    if not honoured_range(request.headers.get("Range")):
+        # Ignored, as if never sent (RFC 9110): Werkzeug would answer 416.
+        request.environ.pop("HTTP_RANGE", None)
     info, file = service().download(upload_id)
     metadata = protocol.parse_metadata(info.metadata)
     mimetype, inline = downloads.content_type(metadata.get("filetype"))
@@ -182,6 +199,17 @@ def download(upload_id: str) -> ResponseBase:
     except HTTPException:
         file.close()
         raise
+
+
+def honoured_range(value: str | None) -> bool:
+    """Whether a ``Range`` header is one range of bytes, the only kind served (206, or
+    416 when it lies past the end). RFC 9110 section 14.2: a server ignores a Range it
+    doesn't understand, so a malformed one, another unit or several ranges get the
+    whole body (200), not 416."""
+    if value is None:
+        return False
+    parsed = parse_range_header(value)
+    return parsed is not None and parsed.units.lower() == "bytes" and len(parsed.ranges) == 1
 
 
 def _file_body(file: BinaryIO) -> Iterable[bytes]:
@@ -334,8 +362,20 @@ def _error_response(error: TusError) -> Response:
     return response
 
 
+def _is_tus_path(path: str) -> bool:
+    """Whether a path is under the tus endpoints, matched route or not (a 404 or 405
+    there is a tus answer too, and a browser client must be able to read it)."""
+    prefix = bp.url_prefix or ""
+    return path == prefix or path.startswith(prefix + "/")
+
+
 @bp.after_app_request
 def add_common_headers(response: ResponseBase) -> ResponseBase:
+    # Only the tus endpoints speak tus, and only they are for other origins: CORS on
+    # /metrics or /api/uploads (capability URLs) would let any web page read them
+    # through a visitor's browser.
+    if not _is_tus_path(request.path):
+        return response
     response.headers["Tus-Resumable"] = protocol.TUS_VERSION
     response.headers.update(
         cors.cors_headers(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -136,3 +137,75 @@ def test_chunked_and_concatenation_through_nginx(proxied: tuple[LiveServer, str]
     assert download.status == 200, download
     assert sha256_bytes(download.body) == sha256_bytes(b"".join(parts))
     assert server.data_file(upload_id(final)).stat().st_size == 0
+
+
+# A client that isn't loopback to nginx: 127.0.0.2 is another address on lo.
+OUTSIDER = "127.0.0.2"
+INTERNAL_ONLY = [
+    "/uploads/metrics",
+    "/uploads/healthz",
+    "/uploads/api/uploads",
+    "/uploads/api/uploads?limit=1",
+    "/uploads//metrics",
+    "/uploads/./metrics",
+    "/uploads/files/../metrics",
+    "/uploads/%6detrics",
+    "/uploads/%6Detrics",
+    "/uploads/metrics?x=1",
+    "/uploads/metrics/",
+    "/uploads/healthz/",
+    "/uploads/api//uploads",
+    "/uploads/api/%75ploads",
+    "/uploads/./api/uploads",
+]
+
+
+def request_from(
+    source: str, origin: str, method: str, target: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    port = int(origin.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection(HOST, port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request(method, target, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def proxied_with_page(
+    server_factory: Callable[..., LiveServer], tmp_path: Path
+) -> Iterator[tuple[LiveServer, str]]:
+    server = server_factory(UPLOADSVC_PROXY_HOPS="1", UPLOADSVC_WEB_UI="1")
+    with nginx_in_front(server, tmp_path / "nginx") as origin:
+        yield server, origin
+
+
+def test_metrics_health_and_the_list_are_internal(
+    proxied_with_page: tuple[LiveServer, str],
+) -> None:
+    """The shipped location rules: /metrics, /healthz and /api/uploads answer loopback
+    only, however the path is spelled; the tus endpoints and the page stay public."""
+    server, origin = proxied_with_page
+    url = server.create_upload(3, body=b"abc")
+    for target in INTERNAL_ONLY:
+        for method in ("GET", "HEAD", "POST"):
+            status, body = request_from(OUTSIDER, origin, method, target, tus_headers())
+            assert status in (403, 404), (method, target, status)
+            assert b"uploadsvc_" not in body and upload_id(url).encode() not in body
+    # The operator's scraper, health check and the page's list, from inside.
+    assert request_from(HOST, origin, "GET", "/uploads/metrics")[0] == 200
+    assert request_from(HOST, origin, "GET", "/uploads/healthz") == (200, b"ok\n")
+    status, body = request_from(HOST, origin, "GET", "/uploads/api/uploads")
+    assert status == 200 and upload_id(url).encode() in body
+    # Public: the page and the tus endpoints, uploads and downloads included.
+    assert request_from(OUTSIDER, origin, "GET", "/uploads/")[0] == 200
+    assert request_from(OUTSIDER, origin, "OPTIONS", "/uploads/files/")[0] == 204
+    status, _ = request_from(
+        OUTSIDER, origin, "POST", "/uploads/files/", tus_headers(Upload_Length="1")
+    )
+    assert status == 201
+    target = "/uploads/files/" + upload_id(url)
+    assert request_from(OUTSIDER, origin, "HEAD", target, tus_headers())[0] == 200
+    assert request_from(OUTSIDER, origin, "GET", target) == (200, b"abc")

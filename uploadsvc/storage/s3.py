@@ -501,6 +501,10 @@ class S3Store:
     def scan(self) -> list[tuple[str, datetime]]:
         """Every upload id with an object, a segment or a multipart upload under the
         prefix, with when it last changed; names that aren't ours are left alone."""
+        if not self.prefix:
+            # What cleanup finds here it deletes: never the bucket's root, whose keys
+            # may be anyone's (config.py requires a prefix; this holds for any caller).
+            raise ValueError(f"s3://{self.bucket}/: no key prefix, refusing to scan for orphans")
         found: dict[str, datetime] = {}
 
         def saw(upload_id: str, when: datetime) -> None:
