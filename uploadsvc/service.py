@@ -244,14 +244,23 @@ class UploadService:
     def _complete_after_error(self, upload_id: str) -> UploadInfo | None:
         """``_complete`` for a request that failed (lock held): a refused or cut body
         may still have brought the upload to its length (a chunked body past it, kept up
-        to it; framing that broke off after the last byte). Its own error is the answer,
-        so a failure here is logged, and the finish stays due for the next request."""
+        to it; framing that broke off after the last byte; bytes a crash left unrecorded,
+        whose reconcile a refusal rolled back). Its own error is the answer, so a
+        failure here is logged, and the finish stays due for the next request."""
         try:
             with self.readers.begin() as session:
                 row = session.get(Upload, upload_id)
-                if row is None or row.state is not UploadState.COMPLETED:
+                if row is None:
                     return None
                 info = UploadInfo.of(row)
+                unrecorded = (
+                    row.state is UploadState.ACTIVE
+                    and not row.verifying
+                    and self.store.size(upload_id) not in (None, row.offset)
+                )
+            if unrecorded:
+                with self.sessions.begin() as session:
+                    info = UploadInfo.of(self._load(session, upload_id))
             return self._complete(info)
         except Exception:
             log.exception("upload %s: finish failed; the next request resumes it", upload_id)
