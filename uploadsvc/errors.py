@@ -117,5 +117,12 @@ class HookFailed(TusError):
     status, reason, message = 500, "Internal Server Error", "a server hook failed"
 
 
+class StorageFailed(TusError):
+    """The store failed to write or keep bytes (an I/O error): what it kept is recorded,
+    and the client resumes from ``Upload-Offset`` (a status the shipped clients retry)."""
+
+    status, reason, message = 503, "Service Unavailable", "storage failed; resume the upload"
+
+
 class InsufficientStorage(TusError):
     status, reason, message = 507, "Insufficient Storage", "no space left to store the upload"

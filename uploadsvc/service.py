@@ -8,6 +8,7 @@ transaction, serialises one upload's writes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +30,7 @@ from .errors import (
     InsufficientStorage,
     InvalidHeader,
     OffsetMismatch,
+    StorageFailed,
     TusError,
     UploadExists,
     UploadGone,
@@ -39,7 +41,7 @@ from .errors import (
 from .hooks import HookRequest, Hooks
 from .locking import Locker
 from .models import Concat, Upload, UploadPart, UploadState
-from .storage import UploadStore
+from .storage import NotDurable, UploadStore
 
 log = logging.getLogger(__name__)
 
@@ -502,6 +504,18 @@ class UploadService:
             info = self._record_write(upload_id, offset, verified=not verify)
             error.offset = info.offset
             raise
+        except OSError as error:
+            # The disk failed (EIO, or ENOSPC at write-back): what is durable is recorded,
+            # and the client resumes from there.
+            durable = error.durable if isinstance(error, NotDurable) else None
+            info = self._record_write(upload_id, offset, verified=not verify, durable=durable)
+            cause = error.__cause__ if isinstance(error, NotDurable) else error
+            log.error(
+                "upload %s: storage failed (%s); kept %d bytes", upload_id, error, info.offset
+            )
+            if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(offset=info.offset) from error
+            raise StorageFailed(offset=info.offset) from error
         except BaseException:
             self._record_write(upload_id, offset, verified=not verify)
             raise
@@ -658,18 +672,33 @@ class UploadService:
         else:
             row.expires_at = now + self.limits.expire_after
 
-    def _record_write(self, upload_id: str, start: int, *, verified: bool) -> UploadInfo:
-        """Record what a write left in the store (a short transaction of its own)."""
+    def _record_write(
+        self, upload_id: str, start: int, *, verified: bool, durable: int | None = None
+    ) -> UploadInfo:
+        """Record what a write left in the store (a short transaction of its own).
+
+        ``durable``: the store could not make all of it durable (``NotDurable``), only
+        this many bytes count, whatever the file's size says."""
         if not verified:
             self.store.truncate(upload_id, start)
         size = self.store.size(upload_id)
+        stored = start if size is None else size
+        doubtful = False
+        if durable is not None and stored > durable:
+            stored = durable
+            try:
+                self.store.truncate(upload_id, durable)
+            except OSError:
+                # The disk refuses even that: the row says what counts, and the flag
+                # makes the reconcile drop the rest rather than count it.
+                doubtful = True
         try:
             with self.sessions.begin() as session:
                 row = session.get(Upload, upload_id)
                 if row is None:
                     raise UploadNotFound()
-                row.offset = start if size is None else size
-                row.verifying = False
+                row.offset = stored
+                row.verifying = doubtful
                 row.updated_at = self.clock()
                 self._mark_complete_if_done(row)
                 return UploadInfo.of(row)
