@@ -330,8 +330,9 @@ def test_only_the_compare_and_set_winner_emits(app: Flask, client: FlaskClient) 
         monkeypatch.undo()
     with svc.sessions.begin() as session:
         stale = UploadInfo.of(session.get_one(Upload, ident(url)))
-    first = svc._complete(stale)
-    second = svc._complete(stale)
+    with svc.locker.hold(ident(url), timeout=0):
+        first = svc._complete(stale)
+        second = svc._complete(stale)
     assert (first.finished_now, second.finished_now) == (True, False)
     assert finishes(app, url) == (1, 1)
     assert finish_log.count("pre-finish", ident(url)) == 2  # both here (the crash came before it)

@@ -124,5 +124,13 @@ class StorageFailed(TusError):
     status, reason, message = 503, "Service Unavailable", "storage failed; resume the upload"
 
 
+class LockLost(TusError):
+    """The upload's lock was lost mid-request (its PostgreSQL connection died): another
+    host may hold it now, so nothing more is recorded or deleted; the client asks HEAD
+    where to resume (a status the shipped clients retry)."""
+
+    status, reason, message = 503, "Service Unavailable", "lost the upload's lock; resume"
+
+
 class InsufficientStorage(TusError):
     status, reason, message = 507, "Insufficient Storage", "no space left to store the upload"

@@ -29,6 +29,7 @@ from .errors import (
     HookFailed,
     InsufficientStorage,
     InvalidHeader,
+    LockLost,
     OffsetMismatch,
     StorageFailed,
     TusError,
@@ -219,7 +220,8 @@ class UploadService:
         if not info.complete or info.finished_at is not None:
             return info
         # Its bytes are final: a store keeping them in pieces (S3 parts) joins them now,
-        # before the hooks, so they find one whole object.
+        # before the hooks, so they find one whole object (deleting the pieces).
+        self._fence(info.id)
         self.store.finish(info.id)
         info = replace(info, finish_headers=self.hooks.pre_finish(info))
         now = self.clock()
@@ -264,6 +266,8 @@ class UploadService:
                 with self.sessions.begin() as session:
                     info = UploadInfo.of(self._load(session, upload_id))
             return self._complete(info)
+        except LockLost:
+            return None  # the new holder finishes it
         except Exception:
             log.exception("upload %s: finish failed; the next request resumes it", upload_id)
             return None
@@ -365,6 +369,7 @@ class UploadService:
                 # Bytes of a checksummed PATCH that never got its verdict: dropped from
                 # the file first, so the file agrees with the row even if clearing the
                 # flag below fails.
+                self._fence(upload_id)
                 self.store.truncate(upload_id, info.offset)
                 size = info.offset
             if row.verifying or size != info.offset:
@@ -440,6 +445,8 @@ class UploadService:
                         checksum=checksum,
                         trailer=trailer,
                     )
+                except LockLost:
+                    raise  # not ours to finish any more
                 except Exception:
                     settled = self._complete_after_error(upload_id)
                     raise
@@ -494,6 +501,8 @@ class UploadService:
         else:
             algorithms = protocol.CHECKSUM_ALGORITHMS if trailer is not None else ()
         guard = _BodyGuard(limit, algorithms)
+        # Still ours? An S3 append begins by deleting stale segments.
+        self._fence(upload_id)
         try:
             self.store.append(upload_id, offset, guard.wrap(chunks))
             if trailer is not None and checksum is None:
@@ -542,6 +551,8 @@ class UploadService:
                 row.expires_at = None
                 row.updated_at = self.clock()
                 info = UploadInfo.of(row)
+            # Lost, it is left to cleanup's orphan sweep: the row says it is dead.
+            self._fence(upload_id)
             self.store.delete(upload_id)
             self.locker.forget(upload_id)
         log.info("upload %s terminated", upload_id)
@@ -582,6 +593,7 @@ class UploadService:
                 if partial is None or partial.state is not UploadState.COMPLETED:
                     return info
         # The copy runs outside any transaction; the final's lock keeps it ours.
+        self._fence(final_id)
         self.store.compose(final_id, parts)
         with self.sessions.begin() as session:
             row = self._load(session, final_id, reconcile=False)
@@ -651,6 +663,15 @@ class UploadService:
         row.offset = size
         self._mark_complete_if_done(row)
 
+    def _fence(self, upload_id: str) -> None:
+        """Before recording or deleting what the upload's lock protects: is it still
+        ours? A lost lock (PostgreSQL's dies with its connection) means another host
+        may be writing this upload now. This narrows the window to one round trip; it
+        can't close it (the store knows nothing of locks)."""
+        if not self.locker.still_held(upload_id):
+            log.error("upload %s: its lock was lost mid-request; stopping", upload_id)
+            raise LockLost()
+
     def _declare_length(self, row: Upload, length: int) -> None:
         if row.length is not None:
             if row.length != length:
@@ -679,6 +700,9 @@ class UploadService:
 
         ``durable``: the store could not make all of it durable (``NotDurable``), only
         this many bytes count, whatever the file's size says."""
+        # A holder that lost the lock records nothing and deletes nothing: the new
+        # holder reconciles the row with what the store has.
+        self._fence(upload_id)
         if not verified:
             self.store.truncate(upload_id, start)
         size = self.store.size(upload_id)
