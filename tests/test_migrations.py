@@ -131,6 +131,43 @@ def test_upgrade_keeps_concatenations_and_takes_the_longest_ids(engine: Engine) 
         assert session.get(Upload, longest) is not None
 
 
+def test_finished_at_takes_uploads_completed_before_it_as_finished(engine: Engine) -> None:
+    """0004: a completed upload from before it counts as finished (when it completed),
+    so no post-finish is replayed for it; unfinished ones stay due for nothing. Down
+    and up again keeps the rows."""
+    config = db.alembic_config(engine)
+    command.upgrade(config, "0003")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                'INSERT INTO uploads (id, state, length, "offset", upload_metadata, verifying,'
+                " created_at, updated_at, completed_at) VALUES (:id, :state, 3, :offset, '',"
+                " FALSE, '2026-01-01 12:00:00.000000', '2026-01-01 12:05:00.000000',"
+                " :completed)"
+            ),
+            [
+                {
+                    "id": UPLOAD_ID,
+                    "state": "COMPLETED",
+                    "offset": 3,
+                    "completed": "2026-01-01 12:04:00.000000",
+                },
+                {"id": TOMBSTONE_ID, "state": "ACTIVE", "offset": 1, "completed": None},
+            ],
+        )
+    command.upgrade(config, "head")
+    sessions = db.make_sessionmaker(engine)
+    with sessions.begin() as session:
+        done = session.get_one(Upload, UPLOAD_ID)
+        active = session.get_one(Upload, TOMBSTONE_ID)
+        assert done.finished_at == datetime(2026, 1, 1, 12, 4, tzinfo=UTC)
+        assert active.finished_at is None
+    command.downgrade(config, "0003")
+    command.upgrade(config, "head")
+    with sessions.begin() as session:
+        assert session.get_one(Upload, UPLOAD_ID).state is UploadState.COMPLETED
+
+
 def test_upgrade_is_idempotent(engine: Engine) -> None:
     config = db.alembic_config(engine)
     command.upgrade(config, "head")
