@@ -266,8 +266,8 @@ class UploadService:
                 with self.sessions.begin() as session:
                     info = UploadInfo.of(self._load(session, upload_id))
             return self._complete(info)
-        except LockLost:
-            return None  # the new holder finishes it
+        except TusError:
+            return None  # lost its lock (the new holder finishes it), or expired meanwhile
         except Exception:
             log.exception("upload %s: finish failed; the next request resumes it", upload_id)
             return None
