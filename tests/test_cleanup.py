@@ -586,6 +586,7 @@ def test_json_report_shape(app: Flask) -> None:
         "purged": [],
         "orphan_files": [],
         "orphan_locks": [],
+        "finished": [],
         "skipped": [],
         "failures": [],
     }

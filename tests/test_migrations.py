@@ -131,6 +131,43 @@ def test_upgrade_keeps_concatenations_and_takes_the_longest_ids(engine: Engine) 
         assert session.get(Upload, longest) is not None
 
 
+def test_finished_at_takes_uploads_completed_before_it_as_finished(engine: Engine) -> None:
+    """0004: a completed upload from before it counts as finished (when it completed),
+    so no post-finish is replayed for it; unfinished ones stay due for nothing. Down
+    and up again keeps the rows."""
+    config = db.alembic_config(engine)
+    command.upgrade(config, "0003")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                'INSERT INTO uploads (id, state, length, "offset", upload_metadata, verifying,'
+                " created_at, updated_at, completed_at) VALUES (:id, :state, 3, :offset, '',"
+                " FALSE, '2026-01-01 12:00:00.000000', '2026-01-01 12:05:00.000000',"
+                " :completed)"
+            ),
+            [
+                {
+                    "id": UPLOAD_ID,
+                    "state": "COMPLETED",
+                    "offset": 3,
+                    "completed": "2026-01-01 12:04:00.000000",
+                },
+                {"id": TOMBSTONE_ID, "state": "ACTIVE", "offset": 1, "completed": None},
+            ],
+        )
+    command.upgrade(config, "head")
+    sessions = db.make_sessionmaker(engine)
+    with sessions.begin() as session:
+        done = session.get_one(Upload, UPLOAD_ID)
+        active = session.get_one(Upload, TOMBSTONE_ID)
+        assert done.finished_at == datetime(2026, 1, 1, 12, 4, tzinfo=UTC)
+        assert active.finished_at is None
+    command.downgrade(config, "0003")
+    command.upgrade(config, "head")
+    with sessions.begin() as session:
+        assert session.get_one(Upload, UPLOAD_ID).state is UploadState.COMPLETED
+
+
 def test_upgrade_is_idempotent(engine: Engine) -> None:
     config = db.alembic_config(engine)
     command.upgrade(config, "head")
@@ -158,7 +195,7 @@ def test_flask_db_upgrade_refuses_an_unknown_revision(app: Flask) -> None:
     assert result.exit_code != 0
 
 
-LONG_IDS = "0003"
+BEFORE_LISTING_INDEX = "0004"
 STAMP = "2026-01-01 12:{:02d}:00.000000"
 
 
@@ -167,7 +204,7 @@ def test_listing_index_on_a_database_with_data(engine: Engine) -> None:
     the data stays, the list's query is served by the index (no sort of the table),
     and a downgrade takes the index away again."""
     config = db.alembic_config(engine)
-    command.upgrade(config, LONG_IDS)
+    command.upgrade(config, BEFORE_LISTING_INDEX)
     with engine.begin() as connection:
         connection.execute(
             text(
@@ -204,7 +241,7 @@ def test_listing_index_on_a_database_with_data(engine: Engine) -> None:
                 )
             )
         assert "ix_uploads_listing" in plan and "TEMP B-TREE" not in plan, plan
-    command.downgrade(config, LONG_IDS)
+    command.downgrade(config, BEFORE_LISTING_INDEX)
     assert "ix_uploads_listing" not in _indexes(engine)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM uploads")).scalar() == 30

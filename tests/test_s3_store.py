@@ -204,6 +204,29 @@ def test_memory_per_patch_is_about_one_part(store: S3Store) -> None:
     assert store.size(UPLOAD) == size
 
 
+def test_a_patch_continuing_a_part_holds_about_one_part(store: S3Store) -> None:
+    """A PATCH that begins mid-part (a resumed upload) puts the part's earlier bytes in
+    front of its own in one buffer: no second part-sized copy (it held two)."""
+    store.create(UPLOAD)
+    front = 2 * MiB
+    store.append(UPLOAD, 0, iter([b"\x5a" * front]))
+    size = 3 * PART
+    tracemalloc.start()
+    try:
+        store.append(UPLOAD, front, (b"\x5a" * (64 * 1024) for _ in range(size // (64 * 1024))))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"peak Python allocations continuing a part: {peak / MiB:.1f} MiB (part {PART // MiB})")
+    assert peak < 1.5 * PART
+    assert store.size(UPLOAD) == front + size
+
+
+def test_the_connection_pool_covers_the_threads(store: S3Store) -> None:
+    # gunicorn's default UPLOADSVC_THREADS: each thread may hold a connection at once.
+    assert store.client.meta.config.max_pool_connections >= 128
+
+
 def test_empty_upload(store: S3Store) -> None:
     store.create(UPLOAD)
     store.finish(UPLOAD)

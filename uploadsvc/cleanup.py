@@ -3,6 +3,7 @@
 Framework-free: ``flask cleanup`` (cli.py) builds a ``Cleaner`` and prints its
 ``Report``. One run, in order:
 
+0. finished: completed uploads whose finish sequence broke off (a crash) run it now.
 1. expired: unfinished uploads past ``expires_at`` lose their data; the row becomes an
    EXPIRED tombstone, so the URL keeps answering 410 rather than 404.
 2. completed: with a retention set, completed uploads older than it, likewise; but not
@@ -88,6 +89,7 @@ class Report:
 
     dry_run: bool = False
     running_elsewhere: bool = False  # another cleanup held the run lock: nothing done
+    finished: list[str] = field(default_factory=list)  # finishes left due, run now
     expired: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
@@ -97,7 +99,7 @@ class Report:
     skipped: list[str] = field(default_factory=list)  # busy: left for the next run
     failures: list[Failure] = field(default_factory=list)
 
-    OUTCOMES: ClassVar[tuple[str, ...]] = (
+    OUTCOMES: ClassVar[tuple[str, ...]] = (  # what a run removes
         "expired",
         "completed",
         "gone",
@@ -114,7 +116,11 @@ class Report:
     def idle(self) -> bool:
         """Nothing done, nothing skipped, nothing failed: nothing worth telling."""
         return not (
-            self.running_elsewhere or self.skipped or self.failures or any(self.counts().values())
+            self.running_elsewhere
+            or self.finished
+            or self.skipped
+            or self.failures
+            or any(self.counts().values())
         )
 
     def counts(self) -> dict[str, int]:
@@ -127,6 +133,7 @@ class Report:
             "running_elsewhere": self.running_elsewhere,
             "counts": self.counts(),
             **{name: list(getattr(self, name)) for name in self.OUTCOMES},
+            "finished": list(self.finished),
             "skipped": list(self.skipped),
             "failures": [vars(failure) for failure in self.failures],
         }
@@ -134,6 +141,7 @@ class Report:
 
 class Cleaner:
     def __init__(self, service: UploadService, retention: Retention, *, dry_run: bool = False):
+        self.service = service
         self.sessions = service.sessions
         self.store = service.store
         self.locker = service.locker
@@ -159,6 +167,7 @@ class Cleaner:
         now = self.clock()
         # Each id is handled once per run, by the first step that wants it.
         seen: set[str] = set()
+        self._finish(report)
         self._expire(now, report, seen)
         self._retire_completed(now, report, seen)
         self._bury_gone(now, report, seen)
@@ -166,6 +175,26 @@ class Cleaner:
         self._sweep_orphans(now, report, seen)
 
     # -- the steps --------------------------------------------------------------------
+
+    def _finish(self, report: Report) -> None:
+        """Completed uploads whose finish broke off (a crash between the last byte and
+        the end of the finish sequence; see ``UploadService._complete``) finish now, as
+        the next request to them would. Not counted in ``seen``: they live on."""
+        query = select(Upload.id).where(
+            Upload.state == UploadState.COMPLETED, Upload.finished_at.is_(None)
+        )
+        for upload_id in self._ids(query):
+            if self.dry_run:
+                report.finished.append(upload_id)
+                continue
+            try:
+                if self.service.resume_finish(upload_id):
+                    report.finished.append(upload_id)
+            except UploadLocked:
+                report.skipped.append(upload_id)  # its holder finishes it
+            except Exception as error:  # one bad upload must not stop the rest
+                log.exception("cleanup: finishing upload %s failed", upload_id)
+                report.failures.append(Failure(upload_id, "finished", repr(error)))
 
     def _expire(self, now: datetime, report: Report, seen: set[str]) -> None:
         def still_due(row: Upload | None) -> bool:

@@ -134,6 +134,23 @@ class HookFailed(TusError):
     status, reason, message = 500, "Internal Server Error", "a server hook failed"
 
 
+class StorageFailed(TusError):
+    """The store failed to write or keep bytes (an I/O error): what it kept is recorded,
+    and the client resumes from ``Upload-Offset`` (a status the shipped clients retry)."""
+
+    status, reason, message = 503, "Service Unavailable", "storage failed; resume the upload"
+    retry_after = 1
+
+
+class LockLost(TusError):
+    """The upload's lock was lost mid-request (its PostgreSQL connection died): another
+    host may hold it now, so nothing more is recorded or deleted; the client asks HEAD
+    where to resume (a status the shipped clients retry)."""
+
+    status, reason, message = 503, "Service Unavailable", "lost the upload's lock; resume"
+    retry_after = 1
+
+
 class InsufficientStorage(TusError):
     status, reason, message = 507, "Insufficient Storage", "no space left to store the upload"
 

@@ -84,6 +84,11 @@ class Upload(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the finish sequence (store finish, pre-finish, post-finish, finals waiting on
+    # it) ran to its end. A COMPLETED row without it is finishing: its last byte is
+    # recorded, its finish is due, and whoever next holds its lock runs it (a crash in
+    # between leaves it due, never lost). Set by compare-and-set, so it happens once.
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     concat: Mapped[Concat | None] = mapped_column(
         Enum(Concat, native_enum=False, length=8, validate_strings=True)
     )

@@ -316,6 +316,8 @@ def _upload_response(info: UploadInfo, status: int) -> Response:
 def _created(info: UploadInfo) -> Response:
     response = _upload_response(info, 201)
     response.headers["Location"] = _location(info.id)
+    # A creation that completed it (Upload-Length 0, a final made at once) finished it.
+    response.headers.update(info.finish_headers)
     return response
 
 
