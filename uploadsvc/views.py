@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 from collections.abc import Callable, Iterable
 from typing import BinaryIO, cast
 
@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
-from . import body, cors, db, downloads, protocol
+from . import body, connection, cors, db, downloads, protocol
 from .config import Settings
 from .errors import (
     InsufficientStorage,
@@ -209,15 +209,18 @@ def _append(
     chunks = monitor.track(
         upload_id, body.read_body(request.environ, trailers=trailers), _stopper()
     )
-    return svc.append(
-        upload_id,
-        offset,
-        chunks,
-        trailer=_checksum_trailer(trailers) if checksum is None else None,
-        content_length=body.content_length(request.environ),
-        length=length,
-        checksum=checksum,
-    )
+    # Closed here, not whenever the garbage collector gets to it: until then the
+    # monitor watches the body and may stop it after its request has ended.
+    with contextlib.closing(chunks):
+        return svc.append(
+            upload_id,
+            offset,
+            chunks,
+            trailer=_checksum_trailer(trailers) if checksum is None else None,
+            content_length=body.content_length(request.environ),
+            length=length,
+            checksum=checksum,
+        )
 
 
 def _checksum_trailer(trailers: dict[str, str]) -> Callable[[], str | None] | None:
@@ -233,11 +236,12 @@ def _checksum_trailer(trailers: dict[str, str]) -> Callable[[], str | None] | No
 
 def _stopper() -> Callable[[], None]:
     """How to end this request's body early: shut the socket's read side, so the
-    blocked read sees end-of-file. Without a socket (other servers) it can't be done."""
-    sock = request.environ.get("gunicorn.socket")
-    if not isinstance(sock, socket.socket):
+    blocked read sees end-of-file, and never once the response has begun (see
+    connection.py). Without gunicorn's socket it can't be done."""
+    conn = request.environ.get(connection.ENVIRON_KEY)
+    if not isinstance(conn, connection.RequestConnection):
         return lambda: None
-    return lambda: sock.shutdown(socket.SHUT_RD)
+    return conn.end_body_early
 
 
 def _location(upload_id: str) -> str:
