@@ -42,6 +42,10 @@ EXTENSIONS = (
     "concatenation",
     "concatenation-unfinished",
 )
+# Request trailers reach uploadsvc only when clients talk to gunicorn directly: proxies
+# (nginx, as deploy/ ships it) drop them, so behind one (UPLOADSVC_PROXY_HOPS > 0) a
+# client that believed the advertisement would send whole bodies that can only fail.
+NEEDS_DIRECT_CLIENTS = frozenset({"checksum-trailer"})
 # Requests a browser makes without tus headers: preflights and plain downloads.
 NO_TUS_HEADER_METHODS = frozenset({"OPTIONS", "GET"})
 
@@ -79,7 +83,10 @@ def hook_request() -> HookRequest:
 def options(upload_id: str | None = None) -> Response:
     response = _empty(204)
     response.headers["Tus-Version"] = protocol.TUS_VERSION
-    response.headers["Tus-Extension"] = ",".join(EXTENSIONS)
+    direct = not settings().proxy_hops
+    response.headers["Tus-Extension"] = ",".join(
+        name for name in EXTENSIONS if direct or name not in NEEDS_DIRECT_CLIENTS
+    )
     response.headers["Tus-Max-Size"] = str(service().limits.max_size)
     response.headers["Tus-Checksum-Algorithm"] = ",".join(protocol.CHECKSUM_ALGORITHMS)
     return response
@@ -102,6 +109,8 @@ def create() -> Response:
     # creation-with-upload: the content type says so, even for an empty body.
     with_upload = protocol.is_offset_content_type(headers.get("Content-Type"))
     checksum = protocol.parse_checksum(headers.get("Upload-Checksum")) if with_upload else None
+    if with_upload and checksum is None:
+        _announced_trailer()  # refused before the upload is made
     first_part = body.content_length(request.environ) if with_upload else None
     if length is not None and first_part is not None and first_part > length:
         raise UploadTooLarge("the body is longer than Upload-Length")
@@ -226,12 +235,25 @@ def _append(
 def _checksum_trailer(trailers: dict[str, str]) -> Callable[[], str | None] | None:
     """checksum-trailer: a chunked body announcing ``Trailer: Upload-Checksum`` is
     hashed as it streams and checked against the trailer's value at its end."""
-    announced = request.headers.get("Trailer", "").lower().replace(" ", "").split(",")
-    if "upload-checksum" not in announced:
+    if not _announced_trailer():
         return None
     if not body.trailers_supported(request.environ):
         raise InvalidHeader("Upload-Checksum as a trailer needs a chunked body")
     return lambda: trailers.get("upload-checksum")
+
+
+def _announced_trailer() -> bool:
+    """Whether the request announces ``Trailer: Upload-Checksum``; behind a proxy, which
+    drops trailers, that is refused before a byte of the body is read."""
+    announced = request.headers.get("Trailer", "").lower().replace(" ", "").split(",")
+    if "upload-checksum" not in announced:
+        return False
+    if settings().proxy_hops:
+        raise InvalidHeader(
+            "checksum-trailer is not offered behind a proxy (proxies drop request"
+            " trailers): send Upload-Checksum as a header"
+        )
+    return True
 
 
 def _stopper() -> Callable[[], None]:
