@@ -486,17 +486,20 @@ def test_memory_per_active_patch_is_about_one_part(
 
 ROUNDS = 3  # each round races, takes over, drops and refuses through nginx
 RACERS = 8
-# What nginx logs when a host closes (or resets) a kept-alive connection it reused, or
-# leaves a host out after such a failure: each cost a client a 502.
-UPSTREAM_FAILURE = re.compile(
-    r"upstream prematurely closed|from upstream|while connecting to upstream"
-    r"|no live upstreams|while sending request to upstream, client.*\[error\]"
-)
+# What nginx logs when a host closes (or resets) a connection under it, or leaves a host
+# out after that: at warn level or above and naming the upstream ("upstream prematurely
+# closed connection", "writev() failed ... while sending request to upstream", "upstream
+# server temporarily disabled", "no live upstreams"). A client's own drop is info level.
+UPSTREAM_FAILURE = re.compile(r"\[(?:warn|error|crit|alert|emerg)\].*upstream")
 
 
 def upstream_failures(cluster: Cluster) -> list[str]:
     errors = (cluster.nginx_dir / "error.log").read_text(errors="replace").splitlines()
-    return [line for line in errors if UPSTREAM_FAILURE.search(line)]
+    return [
+        line
+        for line in errors
+        if UPSTREAM_FAILURE.search(line) or "upstream prematurely closed" in line
+    ]
 
 
 def answered_502(cluster: Cluster) -> list[str]:
