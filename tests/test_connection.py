@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
@@ -19,7 +20,7 @@ import gunicorn.http.unreader as gunreader  # type: ignore[import-untyped]
 import pytest
 
 from uploadsvc import body
-from uploadsvc.connection import RequestConnection
+from uploadsvc.connection import LINGER, RequestConnection, _linger
 from uploadsvc.transfers import TransferMonitor
 
 Pair = tuple[socket.socket, socket.socket]
@@ -128,3 +129,18 @@ def test_a_stop_while_the_body_is_read_ends_it(pair: Pair) -> None:
     connection.end_body_early()
     assert server.recv(100) == b""  # the blocked read sees end-of-file at once
     assert connection._respond()  # and the response will announce the close
+
+
+def test_the_linger_after_a_stop_ends_when_the_peer_closes() -> None:
+    """After SHUT_RD every read says end-of-file at once; the linger must still tell a
+    peer that closed from one that is quiet, and not sit out its whole bound."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        with server, client:
+            server.shutdown(socket.SHUT_RD)
+            client.sendall(b"x" * 100_000)  # what the peer still sends is read and dropped
+            client.close()
+            started = time.monotonic()
+            _linger(server, read_side_shut=True)
+            assert time.monotonic() - started < LINGER / 2

@@ -152,7 +152,7 @@ def _linger(sock: socket.socket, read_side_shut: bool) -> None:
             data = sock.recv(_LINGER_BLOCK, socket.MSG_DONTWAIT)
             if data:
                 drained += len(data)
-            elif read_side_shut:
+            elif read_side_shut and not _peer_closed(sock):
                 # After SHUT_RD a read returns what is queued, else end-of-file at
                 # once, whether or not the peer is done: look again shortly.
                 time.sleep(_POLL_AFTER_SHUTDOWN)
@@ -160,3 +160,14 @@ def _linger(sock: socket.socket, read_side_shut: bool) -> None:
                 return  # the peer closed
     except (OSError, ValueError):  # reset, or closed meanwhile: nothing left to protect
         return
+
+
+_TCP_CLOSE_WAIT = 8  # include/net/tcp_states.h: the peer has closed its side
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the peer has sent its FIN (TCP_INFO's state, on Linux); False if unknown."""
+    info = getattr(socket, "TCP_INFO", None)
+    if info is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    return sock.getsockopt(socket.IPPROTO_TCP, info, 1)[0] == _TCP_CLOSE_WAIT
