@@ -532,8 +532,14 @@ def raw_patch(cluster: Cluster, url: str, data: bytes, sent: int) -> Any:
 
 
 def race_through_nginx(cluster: Cluster, round_no: int) -> list[int]:
-    """RACERS PATCHes of one upload at offset 0 at once, HEADs and a DELETE among them."""
-    size = PART + MiB  # the winner sends a whole part to S3 mid-body
+    """RACERS PATCHes of one upload at offset 0 at once, HEADs and a DELETE among them.
+
+    The losers are refused (409, 423) with their bodies unread. A body of 1 MiB fits
+    in the socket buffers: nginx has sent all of it when the refusal comes, so it keeps
+    the connection if the refusal says keep-alive (and gunicorn then drains 64 KiB and
+    closes it under nginx's next request). In odd rounds the bodies cross an S3 part.
+    """
+    size = MiB if round_no % 2 == 0 else PART + MiB
     response = http_request("POST", cluster.endpoint, tus_headers(Upload_Length=str(size)))
     url = response.header("Location") or ""
     bodies = [bytes([0x41 + i + round_no]) * size for i in range(RACERS)]
