@@ -256,3 +256,21 @@ def test_checksum_trailer_behind_nginx_is_neither_offered_nor_half_done(
         data,
     )
     assert response.status == 204, response
+
+
+def test_a_body_the_server_ended_says_connection_close(
+    server_factory: Callable[..., LiveServer],
+) -> None:
+    """The read timeout ends a silent body (shutting the socket's read side): the
+    connection can't carry another request, and the answer says so."""
+    server = server_factory(UPLOADSVC_READ_TIMEOUT="1")
+    url = server.create_upload(1000)
+    headers = tus_headers(Upload_Offset="0", Content_Type=OFFSET_OCTET_STREAM)
+    headers["Content-Length"] = "1000"
+    with connect(server.port) as sock:
+        path = url.removeprefix(server.origin)
+        sock.sendall(build_request("PATCH", path, list(headers.items()), port=server.port))
+        sock.sendall(b"x" * 10)
+        answer = read_response_head(sock, timeout=20)
+    assert answer.status is not None and answer.header("Upload-Offset") == "10", answer.head
+    assert (answer.header("Connection") or "").lower() == "close", answer.head
