@@ -210,6 +210,8 @@ def test_refusals_with_unread_bodies_through_nginx_cost_no_502(
             statuses.append(http_request("OPTIONS", endpoint).status)
     assert set(statuses) == {200, 204}, statuses
     assert upstream_failures(tmp_path / "nginx") == []
+    access = (tmp_path / "nginx" / "access.log").read_text(errors="replace")
+    assert '" 502 ' not in access  # not even for a refusal whose client saw a reset
 
 
 def test_checksum_trailer_behind_nginx_is_neither_offered_nor_half_done(
