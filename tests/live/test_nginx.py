@@ -7,8 +7,10 @@ import contextlib
 import hashlib
 import io
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -276,3 +278,59 @@ def test_a_body_the_server_ended_says_connection_close(
         answer = read_response_head(sock, timeout=20)
     assert answer.status is not None and answer.header("Upload-Offset") == "10", answer.head
     assert (answer.header("Connection") or "").lower() == "close", answer.head
+
+
+def test_refusals_after_the_whole_body_was_sent_cost_no_502(
+    server_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    """A PATCH that waits for a busy upload's lock is refused (423) after nginx has sent
+    all of its body into the socket buffers: nginx keeps a connection whose answer said
+    keep-alive and sends the next request on it at once, so a close the host makes after
+    such an answer (gunicorn drains 64 KiB at most) lands under that request: "upstream
+    prematurely closed connection", a 502."""
+    server = server_factory(UPLOADSVC_PROXY_HOPS="1", UPLOADSVC_LOCK_TIMEOUT="0.3")
+    busy = server.create_upload(10 * MiB)
+    other = server.create_upload(100)
+    stop = threading.Event()
+    with connect(server.port) as holder, nginx_in_front(server, tmp_path / "nginx") as origin:
+        # The lock holder: a PATCH that keeps sending, a byte at a time (never taken over).
+        headers = tus_headers(Upload_Offset="0", Content_Type=OFFSET_OCTET_STREAM)
+        headers["Content-Length"] = str(10 * MiB)
+        path = busy.removeprefix(server.origin)
+        holder.sendall(build_request("PATCH", path, list(headers.items()), port=server.port))
+
+        def trickle() -> None:
+            for _ in range(600):  # bounded: 60 s
+                if stop.wait(0.1):
+                    return
+                holder.sendall(b"x")
+
+        trickler = threading.Thread(target=trickle)
+        trickler.start()
+        time.sleep(0.3)
+        busy_url = busy.replace(server.origin, f"{origin}/uploads")
+        other_url = other.replace(server.origin, f"{origin}/uploads")
+        body = b"\x00" * MiB
+
+        def client(_: int) -> list[int]:
+            statuses = []
+            for _ in range(6):
+                statuses.append(http_request("PATCH", busy_url, headers_1m, body).status)
+                statuses += [
+                    http_request("HEAD", other_url, tus_headers()).status for _ in range(3)
+                ]
+            return statuses
+
+        headers_1m = tus_headers(Upload_Offset="0", Content_Type=OFFSET_OCTET_STREAM)
+        try:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                statuses = [s for result in pool.map(client, range(4)) for s in result]
+        finally:
+            stop.set()
+            trickler.join(timeout=10)
+    failures = upstream_failures(tmp_path / "nginx")
+    print(f"\n{len(statuses)} answers {sorted(set(statuses))}; {len(failures)} upstream failures")
+    print("\n".join(failures[:3]))
+    assert 502 not in statuses, statuses
+    assert set(statuses) <= {200, 423}, statuses
+    assert failures == []
