@@ -646,6 +646,48 @@ def refusals_through_nginx(cluster: Cluster) -> list[int]:
     return statuses
 
 
+def lock_wait_refusals_through_nginx(cluster: Cluster) -> list[int]:
+    """PATCHes of an upload another PATCH holds (still sending, so never taken over)
+    wait out the lock timeout and get 423 after nginx sent all of their 1 MiB bodies:
+    nginx keeps such a connection on the word of a keep-alive and sends the next
+    request (a HEAD) on it at once (tests/live/test_nginx.py has the single-host case)."""
+    a = cluster.hosts[0]
+    busy = a.create_upload(10 * MiB)
+    other = http_request("POST", cluster.endpoint, tus_headers(Upload_Length="100"))
+    other_url = other.header("Location") or ""
+    busy_url = f"{cluster.endpoint}{upload_id(busy)}"
+    stop = threading.Event()
+    with connect(a.port) as holder:
+        headers = tus_headers(
+            Upload_Offset="0", Content_Type=OFFSET_OCTET_STREAM, Content_Length=str(10 * MiB)
+        )
+        path = f"/files/{upload_id(busy)}"
+        holder.sendall(build_request("PATCH", path, list(headers.items()), port=a.port))
+
+        def trickle() -> None:
+            for _ in range(600):  # a byte every 0.1 s, bounded (60 s)
+                if stop.wait(0.1):
+                    return
+                holder.sendall(b"x")
+
+        def client(_: int) -> list[int]:
+            patch = tus_headers(Upload_Offset="0", Content_Type=OFFSET_OCTET_STREAM)
+            statuses = [http_request("PATCH", busy_url, patch, b"\x00" * MiB).status]
+            return statuses + heads(other_url, 4)
+
+        trickler = threading.Thread(target=trickle)
+        trickler.start()
+        try:
+            time.sleep(0.3)  # the holder has the lock
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                statuses = [s for result in pool.map(client, range(4)) for s in result]
+        finally:
+            stop.set()
+            trickler.join(timeout=10)
+    assert set(statuses) <= {200, 423}, statuses
+    return statuses
+
+
 def test_concurrency_through_nginx_leaves_no_upstream_failure(own_cluster: Cluster) -> None:
     """Races, takeovers, drops and refusals through nginx, round after round: no host
     closes a connection nginx may reuse, so no client gets a 502 and no host is left out.
@@ -657,6 +699,7 @@ def test_concurrency_through_nginx_leaves_no_upstream_failure(own_cluster: Clust
         statuses += takeover_through_nginx(cluster, seed=300 + round_no)
         statuses += drop_through_nginx(cluster, seed=310 + round_no)
         statuses += refusals_through_nginx(cluster)
+        statuses += lock_wait_refusals_through_nginx(cluster)
     failures = upstream_failures(cluster)
     print(f"\n{len(statuses)} answers through nginx in {ROUNDS} rounds; upstream failures:")
     print("\n".join(failures[:20]))
