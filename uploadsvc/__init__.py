@@ -16,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import cli, db, ops
 from .clientslots import ClientSlots
 from .config import PREFIX, ConfigError, Settings
+from .connection import AnnouncedCloses
 from .hooks import Hooks, load_hooks
 from .locking import Locker
 from .locking.filelock import FileLocker
@@ -92,6 +93,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
+    # Outermost: it sees the server's own start_response.
+    app.wsgi_app = AnnouncedCloses(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 
 from .errors import BodyCut, BodyIncomplete
@@ -83,6 +83,11 @@ class _Transfer:
     received: int = 0
     window_start: float = 0.0
     window_bytes: int | None = None
+    # Set when the body's reading ends, under ``guard``: the watcher stops a transfer
+    # only under the same lock and only before then, so a stop never reaches a
+    # connection that has moved on to its next request.
+    ended: bool = field(default=False)
+    guard: threading.Lock = field(default_factory=threading.Lock)
 
 
 class TransferMonitor:
@@ -121,7 +126,7 @@ class TransferMonitor:
 
     def track(
         self, upload_id: str, chunks: Iterable[bytes], stop: Callable[[], None]
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes]:
         """Yield ``chunks``, watched from the first read (the lock is held by then)
         until the body ends."""
         started = self.clock()
@@ -145,6 +150,8 @@ class TransferMonitor:
                 self.on_bytes(len(chunk))
                 yield chunk
         finally:
+            with transfer.guard:
+                transfer.ended = True
             with self._guard:
                 self._active.discard(transfer)
             if transfer.stopped:
@@ -167,11 +174,14 @@ class TransferMonitor:
             for transfer in active:
                 kind, reason = self._reason_to_stop(transfer)
                 if reason and not transfer.stopped:
-                    transfer.kind = kind
-                    transfer.stopped = reason
+                    with transfer.guard:
+                        if transfer.ended:
+                            continue
+                        transfer.kind = kind
+                        transfer.stopped = reason
+                        with contextlib.suppress(OSError):  # the connection is already gone
+                            transfer.stop()
                     self.on_stop(kind)
-                    with contextlib.suppress(OSError):  # the connection is already gone
-                        transfer.stop()
 
     def _reason_to_stop(self, transfer: _Transfer) -> tuple[str, str | None]:
         """(kind, reason): why the transfer must stop, or a None reason."""

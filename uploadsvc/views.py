@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 from collections.abc import Callable, Iterable
 from typing import BinaryIO, cast
 
@@ -14,7 +14,7 @@ from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
-from . import body, cors, db, downloads, protocol
+from . import body, connection, cors, db, downloads, protocol
 from .clientslots import ClientSlots
 from .config import Settings
 from .errors import (
@@ -44,6 +44,10 @@ EXTENSIONS = (
     "concatenation",
     "concatenation-unfinished",
 )
+# Request trailers reach uploadsvc only when clients talk to gunicorn directly: proxies
+# (nginx, as deploy/ ships it) drop them, so behind one (UPLOADSVC_PROXY_HOPS > 0) a
+# client that believed the advertisement would send whole bodies that can only fail.
+NEEDS_DIRECT_CLIENTS = frozenset({"checksum-trailer"})
 # Requests a browser makes without tus headers: preflights and plain downloads.
 NO_TUS_HEADER_METHODS = frozenset({"OPTIONS", "GET"})
 
@@ -109,7 +113,10 @@ def hook_request() -> HookRequest:
 def options(upload_id: str | None = None) -> Response:
     response = _empty(204)
     response.headers["Tus-Version"] = protocol.TUS_VERSION
-    response.headers["Tus-Extension"] = ",".join(EXTENSIONS)
+    direct = not settings().proxy_hops
+    response.headers["Tus-Extension"] = ",".join(
+        name for name in EXTENSIONS if direct or name not in NEEDS_DIRECT_CLIENTS
+    )
     response.headers["Tus-Max-Size"] = str(service().limits.max_size)
     response.headers["Tus-Checksum-Algorithm"] = ",".join(protocol.CHECKSUM_ALGORITHMS)
     return response
@@ -134,6 +141,8 @@ def create() -> Response:
     # creation-with-upload: the content type says so, even for an empty body.
     with_upload = protocol.is_offset_content_type(headers.get("Content-Type"))
     checksum = protocol.parse_checksum(headers.get("Upload-Checksum")) if with_upload else None
+    if with_upload and checksum is None:
+        _announced_trailer()  # refused before the upload is made
     first_part = body.content_length(request.environ) if with_upload else None
     if length is not None and first_part is not None and first_part > length:
         raise UploadTooLarge("the body is longer than Upload-Length")
@@ -257,7 +266,9 @@ def _append(
         upload_id, body.read_body(request.environ, trailers=trailers), _stopper()
     )
     # The body holds this worker's thread until it ends: one address gets so many.
-    with slots.hold(request.remote_addr):
+    # Closed here, not whenever the garbage collector gets to it: until then the
+    # monitor watches the body and may stop it after its request has ended.
+    with slots.hold(request.remote_addr), contextlib.closing(chunks):
         return svc.append(
             upload_id,
             offset,
@@ -272,21 +283,35 @@ def _append(
 def _checksum_trailer(trailers: dict[str, str]) -> Callable[[], str | None] | None:
     """checksum-trailer: a chunked body announcing ``Trailer: Upload-Checksum`` is
     hashed as it streams and checked against the trailer's value at its end."""
-    announced = request.headers.get("Trailer", "").lower().replace(" ", "").split(",")
-    if "upload-checksum" not in announced:
+    if not _announced_trailer():
         return None
     if not body.trailers_supported(request.environ):
         raise InvalidHeader("Upload-Checksum as a trailer needs a chunked body")
     return lambda: trailers.get("upload-checksum")
 
 
+def _announced_trailer() -> bool:
+    """Whether the request announces ``Trailer: Upload-Checksum``; behind a proxy, which
+    drops trailers, that is refused before a byte of the body is read."""
+    announced = request.headers.get("Trailer", "").lower().replace(" ", "").split(",")
+    if "upload-checksum" not in announced:
+        return False
+    if settings().proxy_hops:
+        raise InvalidHeader(
+            "checksum-trailer is not offered behind a proxy (proxies drop request"
+            " trailers): send Upload-Checksum as a header"
+        )
+    return True
+
+
 def _stopper() -> Callable[[], None]:
     """How to end this request's body early: shut the socket's read side, so the
-    blocked read sees end-of-file. Without a socket (other servers) it can't be done."""
-    sock = request.environ.get("gunicorn.socket")
-    if not isinstance(sock, socket.socket):
+    blocked read sees end-of-file, and never once the response has begun (see
+    connection.py). Without gunicorn's socket it can't be done."""
+    conn = request.environ.get(connection.ENVIRON_KEY)
+    if not isinstance(conn, connection.RequestConnection):
         return lambda: None
-    return lambda: sock.shutdown(socket.SHUT_RD)
+    return conn.end_body_early
 
 
 def _location(upload_id: str) -> str:
