@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from typing import BinaryIO, cast
 
@@ -310,7 +311,13 @@ def _stopper() -> Callable[[], None]:
     connection.py). Without gunicorn's socket it can't be done."""
     conn = request.environ.get(connection.ENVIRON_KEY)
     if not isinstance(conn, connection.RequestConnection):
-        return lambda: None
+        sock = request.environ.get("gunicorn.socket")
+        if not isinstance(sock, socket.socket):
+            return lambda: None
+        # A socket without connection.AnnouncedCloses around the app (another gunicorn
+        # layout, an embedding): shut its read side all the same; the monitor's own
+        # end-of-body flag keeps the stop off a request that has ended.
+        return lambda: sock.shutdown(socket.SHUT_RD)
     return conn.end_body_early
 
 
