@@ -18,25 +18,35 @@ from typing import Any
 # Prometheus multiprocess mode: every worker writes its metrics under one fresh
 # directory, so a scrape of any worker counts them all. It must be set before anything
 # imports prometheus_client (importing uploadsvc does); an operator may set it instead.
+# A reload (SIGHUP) reads this file again with the variable already set: the mark in
+# the environment tells on_exit the directory is still ours to remove.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="uploadsvc-metrics-")
-    _OWN_METRICS_DIR = True
-else:
-    _OWN_METRICS_DIR = False
+    os.environ["_UPLOADSVC_OWN_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 from uploadsvc import check_reachable
-from uploadsvc.config import ConfigError, Settings
+from uploadsvc.config import ConfigError, ServerSettings, Settings
 from uploadsvc.hooks import load_hooks
 
+# Checked like every setting: UPLOADSVC_WORKERS=abc was a traceback, =0 a server with
+# no worker. gunicorn reads this file before on_starting, so a bad value stops it here.
+try:
+    _server = ServerSettings.from_env()
+except ConfigError as error:
+    print(f"uploadsvc: {error}", file=sys.stderr)
+    sys.exit(1)
+
 wsgi_app = "wsgi:app"
-bind = os.environ.get("UPLOADSVC_BIND", "127.0.0.1:8080")
-worker_class = "gthread"
-workers = int(os.environ.get("UPLOADSVC_WORKERS", "2"))
+bind = _server.bind
+# gthread, but a connection gets a thread only once its request head is in (README
+# "Slow clients"): half-sent heads wait in the selector, closed after UPLOADSVC_HEADER_TIMEOUT.
+worker_class = "uploadsvc.worker.HeaderDeadlineWorker"
+workers = _server.workers
 # Threads per worker: how many uploads one worker streams at once. A gthread worker
 # accepts connections it has no free thread for, and those wait until one ends, so this,
 # not workers x threads, must cover the slow uploads in flight: with 32, a probe waited
 # out 128 clients trickling a few KiB/s; with 128, its p99 was 33 ms (`make torture`).
-threads = int(os.environ.get("UPLOADSVC_THREADS", "128"))
+threads = _server.threads
 # Heartbeat limit for a worker's main loop, not a per-request limit under gthread.
 timeout = 60
 # On SIGTERM, PATCHes in flight get this long to finish before the worker is killed.
@@ -80,6 +90,21 @@ def post_worker_init(worker: Any) -> None:
         monitor.stop_all_when(lambda: not worker.alive)
 
 
+# A stopping worker waits this long at most for its queued post-events (post-finish
+# hooks, webhooks) before it exits; within graceful_timeout, after the PATCHes ended.
+HOOK_DRAIN_TIMEOUT = 10.0
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the exiting worker: deliver the post-events still queued (a completion just
+    before a stop or reload), bounded, or they die with the process. gunicorn calls this
+    hook in the master too (for a reaped worker), where no app is loaded: nothing to do."""
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
+    service = extensions.get("uploadsvc")
+    if service is not None and worker.pid == os.getpid():
+        service.hooks.drain(timeout=HOOK_DRAIN_TIMEOUT)
+
+
 def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
@@ -87,5 +112,6 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
-    if _OWN_METRICS_DIR:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if os.environ.get("_UPLOADSVC_OWN_METRICS_DIR") == metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

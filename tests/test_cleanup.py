@@ -385,7 +385,7 @@ def test_completed_uploads_go_after_the_retention(
         assert head_status(client, old) == 410
 
 
-def test_a_partial_that_an_unfinished_final_needs_outlives_the_retention(
+def test_a_partial_that_a_live_final_names_outlives_the_retention(
     make_app: AppFactory, clock: Clock, data_dir: Path
 ) -> None:
     app = make_app(KEEP_COMPLETED=str(KEEP_COMPLETED))
@@ -401,9 +401,50 @@ def test_a_partial_that_an_unfinished_final_needs_outlives_the_retention(
 
     svc.append(waiting, 3, [b"b" * (LENGTH - 3)], content_length=LENGTH - 3)
     assert state(app, final) is UploadState.COMPLETED
-    assert data_file(data_dir, final).read_bytes() == b"a" * LENGTH + b"b" * LENGTH
-    # The final no longer needs it: the retention applies again.
+    # The final is read through its partials: complete, it still needs them.
+    assert cleanup_json(app)["completed"] == []
+    assert data_file(data_dir, final).read_bytes() == b""
+    _, file = svc.download(final)
+    with file:
+        assert file.read() == b"a" * LENGTH + b"b" * LENGTH
+    # Once the final is gone, the retention applies again.
+    svc.terminate(final)
     assert cleanup_json(app)["completed"] == [done]
+    assert not data_file(data_dir, done).exists()
+
+
+def test_terminated_partials_keep_their_bytes_while_a_final_reads_them(
+    app: Flask, clock: Clock, data_dir: Path
+) -> None:
+    """terminate and every cleanup step leave a partial's bytes to the live final that
+    names it; once it is gone, they go."""
+    svc = service(app)
+    used, unused = (svc.create(LENGTH, {}, partial=True).id for _ in range(2))
+    for partial_id in (used, unused):
+        svc.append(partial_id, 0, [b"p" * LENGTH], content_length=LENGTH)
+    final = svc.create_final([used, used], {}).id
+    svc.terminate(used)
+    svc.terminate(unused)
+    assert data_file(data_dir, used).exists()
+    assert not data_file(data_dir, unused).exists()
+    with app.test_client() as client:
+        assert head_status(client, used) == 410
+    # Past every grace and TTL: the tombstone is neither purged nor its data swept.
+    clock.advance(TOMBSTONE_TTL + ORPHAN_GRACE + 1)
+    set_age(data_file(data_dir, used), clock.now, ORPHAN_GRACE + 1)
+    report = cleanup_json(app)
+    assert report["purged"] == [unused]
+    assert report["orphan_files"] == []
+    assert data_file(data_dir, used).exists()
+    _, file = svc.download(final)
+    with file:
+        assert file.read() == b"p" * LENGTH * 2
+    # Nothing names the partial any more: its bytes and row go.
+    svc.terminate(final)
+    clock.advance(TOMBSTONE_TTL + 1)
+    report = cleanup_json(app)
+    assert sorted(report["purged"]) == sorted([used, final])
+    assert not data_file(data_dir, used).exists()
 
 
 # -- dry run, busy uploads, failures, output ----------------------------------------------
@@ -545,6 +586,7 @@ def test_json_report_shape(app: Flask) -> None:
         "purged": [],
         "orphan_files": [],
         "orphan_locks": [],
+        "finished": [],
         "skipped": [],
         "failures": [],
     }

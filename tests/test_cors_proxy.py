@@ -135,3 +135,37 @@ def test_bad_settings(data_dir: Path, name: str, value: str) -> None:
 
     with pytest.raises(ConfigError, match=f"UPLOADSVC_{name}"):
         create_app({"DATA_DIR": str(data_dir), name: value})
+
+
+NOT_TUS_PATHS = ["/metrics", "/healthz", "/api/uploads", "/", "/nowhere", "/filesx", "/files.json"]
+TUS_PATHS = ["/files", "/files/", "/files/0123456789abcdef0123456789abcdef", "/files/x/y"]
+
+
+@pytest.mark.parametrize("origins", ["*", ORIGIN])
+@pytest.mark.parametrize("path", NOT_TUS_PATHS)
+@pytest.mark.parametrize("method", ["GET", "OPTIONS", "POST"])
+def test_no_cors_outside_the_tus_endpoints(
+    data_dir: Path, origins: str, path: str, method: str
+) -> None:
+    """With any origin allowed, a web page still can't read /metrics or the page's list
+    (capability URLs) through a visitor's browser: only /files speaks CORS (and tus)."""
+    client = client_for(data_dir, CORS_ORIGINS=origins, WEB_UI="1")
+    headers = {"Origin": ORIGIN, **TUS}
+    if method == "OPTIONS":
+        headers["Access-Control-Request-Method"] = "GET"
+    response = client.open(path, method=method, headers=headers)
+    assert not [name for name, _ in response.headers if name.startswith("Access-Control-")]
+    assert "Tus-Resumable" not in response.headers
+    response.close()
+
+
+@pytest.mark.parametrize("path", TUS_PATHS)
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PATCH", "DELETE", "BREW"])
+def test_cors_on_every_tus_answer(data_dir: Path, path: str, method: str) -> None:
+    """Every answer under /files, errors and unmatched routes included, carries CORS
+    and Tus-Resumable, so a browser client can read the status it must act on."""
+    client = client_for(data_dir, CORS_ORIGINS="*")
+    response = client.open(path, method=method, headers={"Origin": ORIGIN})
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    response.close()

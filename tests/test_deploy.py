@@ -7,6 +7,7 @@ gunicorn finish gracefully; the crontab's command must run as written.
 from __future__ import annotations
 
 import os
+import re
 import runpy
 import shlex
 import subprocess
@@ -156,3 +157,18 @@ def test_crontab_command_runs(service: dict[str, list[str]], tmp_path: Path) -> 
         assert result.returncode == 0, result.stderr
         # Nothing to do: nothing for cron to mail.
         assert (result.stdout, result.stderr) == ("", "")
+
+
+@pytest.mark.parametrize("site", ["nginx.conf", "nginx-two-hosts.conf"])
+def test_nginx_ends_idle_upstream_connections_before_gunicorn(site: str) -> None:
+    """An idle kept-alive connection that gunicorn closes first races nginx's reuse of it
+    (a 502 for the client, and the host left out): nginx's timeout must be shorter."""
+    text = (ROOT / "deploy" / site).read_text()
+    upstream = re.search(r"upstream uploadsvc \{(.*?)\}", text, re.S)
+    assert upstream is not None
+    assert re.search(r"^\s*keepalive \d+;", upstream.group(1), re.M)
+    timeout = re.search(r"^\s*keepalive_timeout (\d+)s;", upstream.group(1), re.M)
+    assert timeout is not None, "state it: nginx's default (60 s) is easy to overlook"
+    gunicorn = re.search(r"^keepalive = (\d+)$", (ROOT / "gunicorn.conf.py").read_text(), re.M)
+    assert gunicorn is not None
+    assert int(timeout.group(1)) < int(gunicorn.group(1))

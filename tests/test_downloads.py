@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import re
+import unicodedata
+from urllib.parse import unquote
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.http import parse_options_header
 
 from tests.conftest import TUS
 from tests.test_views import create, patch
@@ -115,3 +119,113 @@ def test_unfinished_and_unknown_downloads_are_404(client: FlaskClient) -> None:
     assert client.get("/files/0123456789abcdef0123456789abcdef").status_code == 404
     client.delete(url, headers=TUS)
     assert client.get(url).status_code == 410
+
+
+HOSTILE_NAMES = [
+    pytest.param('a"b.txt', id="quote"),
+    pytest.param("＂／＼", id="fullwidth-quote-slash-backslash"),
+    pytest.param("x＂; filename=＂../../evil.html", id="fullwidth-second-parameter"),
+    pytest.param('x"; filename="../../evil.html', id="second-parameter"),
+    pytest.param("../../etc/passwd", id="dot-dot-slash"),
+    pytest.param("..\\..\\boot.ini", id="dot-dot-backslash"),
+    pytest.param("．．／．．／evil", id="fullwidth-dot-dot"),
+    pytest.param("a∕b⁄c⧸d∖e", id="slash-lookalikes"),
+    pytest.param("﹨evil", id="small-reverse-solidus"),
+    pytest.param("a\x00b\x1fc\x7fd", id="controls"),
+    pytest.param("a\r\nSet-Cookie: x=1", id="cr-lf"),
+    pytest.param("a\u0085b\u2028c\u2029d", id="unicode-line-breaks"),
+    pytest.param("invoice\u202efdp.exe", id="bidi-override"),
+    pytest.param("a\u200bb\u2066c\ufeffd", id="invisible-format"),
+    pytest.param("a;b;filename=c", id="semicolons"),
+    pytest.param("x" * 5000 + ".txt", id="very-long"),
+    pytest.param("", id="empty"),
+    pytest.param("...", id="only-dots"),
+    pytest.param(" . . ", id="dots-and-spaces"),
+    pytest.param(".htaccess", id="leading-dot"),
+    pytest.param("\udcff", id="lone-surrogate-escaped"),
+    pytest.param("日本語\u0301.txt", id="combining"),
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+@pytest.mark.parametrize("inline", [False, True])
+def test_content_disposition_hostile_names(name: str, inline: bool) -> None:
+    """Whatever the name, the header is one disposition with one ``filename`` (plain,
+    quote-free printable ASCII without separators or ";") and at most one ``filename*``,
+    and neither names a path, a hidden file, or hides characters."""
+    raw = name.encode("utf-8", "surrogatepass")
+    value = downloads.content_disposition(raw, inline)
+    assert value.isascii() and value.isprintable()
+    kind, _, rest = value.partition("; ")
+    assert kind == ("inline" if inline else "attachment")
+    match = re.fullmatch(r'filename="([^"]*)"(?:; filename\*=UTF-8\'\'([A-Za-z0-9%._~-]+))?', rest)
+    assert match is not None, value
+    fallback, encoded = match.groups()
+    assert fallback and not set(fallback) & set('/\\";') and fallback != ".."
+    assert not fallback.startswith(".") and len(fallback) <= downloads.MAX_FILENAME
+    full = unquote(encoded) if encoded else fallback
+    assert not set(full) & (set('/\\"') | set("∕⁄⧸∖﹨／＼＂"))
+    assert all(unicodedata.category(char)[0] not in "CZ" or char == " " for char in full)
+    assert not full.startswith(".") and not full.endswith((".", " "))
+    assert 0 < len(full) <= downloads.MAX_FILENAME
+    # Parsed as RFC 6266 says (filename* first): the same single name comes back.
+    assert parse_options_header(value) == (kind, {"filename": full})
+
+
+def test_download_of_a_fullwidth_name_has_one_filename(client: FlaskClient) -> None:
+    url = uploaded(client, b"x", "＂; filename=＂../../evil.html".encode(), None)
+    response = client.get(url)
+    assert response.status_code == 200
+    disposition = response.headers["Content-Disposition"]
+    response.close()
+    assert '"../' not in disposition and '"; filename=' not in disposition
+    assert parse_options_header(disposition) == (
+        "attachment",
+        {"filename": "_; filename=_.._.._evil.html"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("range_header", "status", "body"),
+    [
+        # One satisfiable range of bytes: 206.
+        ("bytes=2-4", 206, b"234"),
+        ("bytes=-3", 206, b"789"),
+        ("bytes=7-", 206, b"789"),
+        ("bytes=8-100", 206, b"89"),
+        ("bytes=0-0", 206, b"0"),
+        ("BYTES=1-1", 206, b"1"),
+        ("bytes= 1-2", 206, b"12"),
+        # One well-formed range past the end: 416.
+        ("bytes=10-", 416, b""),
+        ("bytes=20-30", 416, b""),
+        ("bytes=99999999999999999999999-", 416, b""),
+        # Anything else is ignored (RFC 9110 section 14.2): the whole body, 200.
+        ("bytes=0-0,2-3", 200, b"0123456789"),
+        ("bytes=0-1,0-1,0-1", 200, b"0123456789"),
+        ("bytes=5-2", 200, b"0123456789"),
+        ("bytes=abc", 200, b"0123456789"),
+        ("bytes=", 200, b"0123456789"),
+        ("bytes=-", 200, b"0123456789"),
+        ("bytes=1-2,", 200, b"0123456789"),
+        ("bytes=--1", 200, b"0123456789"),
+        ("bytes=1-2-3", 200, b"0123456789"),
+        ("items=0-1", 200, b"0123456789"),
+        ("0-1", 200, b"0123456789"),
+        ("", 200, b"0123456789"),
+        ("bytes=\u00b9-2", 200, b"0123456789"),
+        ("bytes=" + ",".join(f"{n}-{n}" for n in range(200)), 200, b"0123456789"),
+    ],
+)
+def test_range_table(client: FlaskClient, range_header: str, status: int, body: bytes) -> None:
+    url = uploaded(client, b"0123456789", None, None)
+    response = client.get(url, headers={"Range": range_header})
+    assert (response.status_code, response.data if status != 416 else b"") == (status, body)
+    if status == 206:
+        assert response.headers["Content-Range"].startswith("bytes ")
+    elif status == 416:
+        assert response.headers["Content-Range"] == "bytes */10"
+    else:
+        assert "Content-Range" not in response.headers
+        assert response.headers["Content-Length"] == "10"
+    response.close()

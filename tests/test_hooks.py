@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from tests.conftest import OCTET, TUS, database_settings, service
 from tests.hookmods import sample
 from tests.test_views import head, patch, stored
-from uploadsvc import close_app, create_app
+from uploadsvc import close_app, create_app, hooks
 from uploadsvc.config import ConfigError
 
 
@@ -124,15 +124,28 @@ def test_unloadable_hooks_stop_start_up(data_dir: Path, spec: str) -> None:
 class Receiver(BaseHTTPRequestHandler):
     received: ClassVar[list[dict[str, Any]]] = []
     failures_left: ClassVar[int] = 0
+    # Paths that answer 302 to /landed, and how many POSTs each got.
+    redirecting: ClassVar[dict[str, int]] = {}
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        if Receiver.failures_left:
+        if self.path in Receiver.redirecting:
+            Receiver.redirecting[self.path] += 1
+            self.send_response(302)
+            self.send_header("Location", "/landed")
+            self.send_header("Content-Length", "0")
+        elif Receiver.failures_left:
             Receiver.failures_left -= 1
             self.send_response(503)
         else:
             Receiver.received.append(json.loads(body))
             self.send_response(204)
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        # Where a redirect leads: it would answer (urllib follows a POST's 302 as a GET).
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
         self.end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -142,6 +155,7 @@ class Receiver(BaseHTTPRequestHandler):
 @pytest.fixture
 def receiver() -> Iterator[str]:
     Receiver.received = []
+    Receiver.redirecting = {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -175,3 +189,31 @@ def test_dead_webhook_never_blocks_a_response(data_dir: Path) -> None:
     client = app.test_client()
     url = post(client, 1).headers["Location"]
     assert patch(client, url, b"x").status_code == 204
+
+
+def test_a_webhook_redirect_is_not_a_delivery(
+    data_dir: Path, receiver: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 3xx is neither followed (the event would land wherever the receiver points)
+    nor counted as delivered: it is a failed attempt, retried and then logged."""
+    monkeypatch.setattr(hooks, "WEBHOOK_RETRIES", 1)  # one retry, 1 s later
+    Receiver.redirecting = {"/moved": 0}
+    app = app_with(data_dir, WEBHOOK_URL=receiver.replace("/events", "/moved"))
+    post(app.test_client(), 3)
+    service(app).hooks.drain(timeout=15)
+    assert Receiver.redirecting == {"/moved": 2}
+    assert Receiver.received == []  # /landed got nothing
+    assert "failed after 2 attempts" in caplog.text
+
+
+def test_unparsable_metadata_never_stops_the_webhook(data_dir: Path, receiver: str) -> None:
+    app = app_with(data_dir, WEBHOOK_URL=receiver, HOOKS="tests.hookmods.sample:UnparsableMetadata")
+    client = app.test_client()
+    first = post(client, 3).headers["Location"].rsplit("/", 1)[1]
+    second = post(client, 3).headers["Location"].rsplit("/", 1)[1]
+    service(app).hooks.drain(timeout=15)
+    # Both delivered: the metadata as stored, and the thread alive for the next one.
+    assert [(item["upload"]["id"], item["upload"]["metadata"]) for item in Receiver.received] == [
+        (first, "file name eA=="),
+        (second, "file name eA=="),
+    ]

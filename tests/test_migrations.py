@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from flask import Flask
 from sqlalchemy import Engine, inspect, select, text
 
-from uploadsvc import db
+from uploadsvc import db, listing
 from uploadsvc.models import ID_LENGTH, Base, Upload, UploadPart, UploadState
 
 FIRST = "0001"
@@ -131,6 +131,43 @@ def test_upgrade_keeps_concatenations_and_takes_the_longest_ids(engine: Engine) 
         assert session.get(Upload, longest) is not None
 
 
+def test_finished_at_takes_uploads_completed_before_it_as_finished(engine: Engine) -> None:
+    """0004: a completed upload from before it counts as finished (when it completed),
+    so no post-finish is replayed for it; unfinished ones stay due for nothing. Down
+    and up again keeps the rows."""
+    config = db.alembic_config(engine)
+    command.upgrade(config, "0003")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                'INSERT INTO uploads (id, state, length, "offset", upload_metadata, verifying,'
+                " created_at, updated_at, completed_at) VALUES (:id, :state, 3, :offset, '',"
+                " FALSE, '2026-01-01 12:00:00.000000', '2026-01-01 12:05:00.000000',"
+                " :completed)"
+            ),
+            [
+                {
+                    "id": UPLOAD_ID,
+                    "state": "COMPLETED",
+                    "offset": 3,
+                    "completed": "2026-01-01 12:04:00.000000",
+                },
+                {"id": TOMBSTONE_ID, "state": "ACTIVE", "offset": 1, "completed": None},
+            ],
+        )
+    command.upgrade(config, "head")
+    sessions = db.make_sessionmaker(engine)
+    with sessions.begin() as session:
+        done = session.get_one(Upload, UPLOAD_ID)
+        active = session.get_one(Upload, TOMBSTONE_ID)
+        assert done.finished_at == datetime(2026, 1, 1, 12, 4, tzinfo=UTC)
+        assert active.finished_at is None
+    command.downgrade(config, "0003")
+    command.upgrade(config, "head")
+    with sessions.begin() as session:
+        assert session.get_one(Upload, UPLOAD_ID).state is UploadState.COMPLETED
+
+
 def test_upgrade_is_idempotent(engine: Engine) -> None:
     config = db.alembic_config(engine)
     command.upgrade(config, "head")
@@ -156,3 +193,59 @@ def test_flask_db_upgrade(app: Flask) -> None:
 def test_flask_db_upgrade_refuses_an_unknown_revision(app: Flask) -> None:
     result = app.test_cli_runner().invoke(args=["db", "upgrade", "nonesuch"])
     assert result.exit_code != 0
+
+
+BEFORE_LISTING_INDEX = "0004"
+STAMP = "2026-01-01 12:{:02d}:00.000000"
+
+
+def test_listing_index_on_a_database_with_data(engine: Engine) -> None:
+    """0005 indexes the page's list on a registry that already has completed uploads:
+    the data stays, the list's query is served by the index (no sort of the table),
+    and a downgrade takes the index away again."""
+    config = db.alembic_config(engine)
+    command.upgrade(config, BEFORE_LISTING_INDEX)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                'INSERT INTO uploads (id, state, length, "offset", upload_metadata, verifying,'
+                " created_at, updated_at, completed_at) VALUES (:id, :state, 1, 1, '', FALSE,"
+                " '2026-01-01 12:00:00.000000', '2026-01-01 12:00:00.000000', :done)"
+            ),
+            [
+                # As SQLAlchemy writes them (SQLite compares the text).
+                {"id": f"{n:032x}", "state": "COMPLETED", "done": STAMP.format(n)}
+                for n in range(30)
+            ],
+        )
+    assert "ix_uploads_listing" not in _indexes(engine)
+    command.upgrade(config, "head")
+    assert "ix_uploads_listing" in _indexes(engine)
+    readers = db.make_readers(engine)
+    page = list(listing.recent_completed(readers, scan=10))
+    assert [upload.id for upload in page] == [f"{n:032x}" for n in range(29, 19, -1)]
+    rest = list(
+        listing.recent_completed(readers, before=listing.parse_cursor(listing.cursor(page[-1])))
+    )
+    assert [upload.id for upload in rest] == [f"{n:032x}" for n in range(19, -1, -1)]
+    if engine.dialect.name == "sqlite":
+        query = listing.recent_completed_query(None, 10)
+        with engine.connect() as connection:
+            plan = " ".join(
+                str(row[-1])
+                for row in connection.execute(
+                    text(
+                        "EXPLAIN QUERY PLAN "
+                        + str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+                    )
+                )
+            )
+        assert "ix_uploads_listing" in plan and "TEMP B-TREE" not in plan, plan
+    command.downgrade(config, BEFORE_LISTING_INDEX)
+    assert "ix_uploads_listing" not in _indexes(engine)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM uploads")).scalar() == 30
+
+
+def _indexes(engine: Engine) -> set[str]:
+    return {str(index["name"]) for index in inspect(engine).get_indexes("uploads")}

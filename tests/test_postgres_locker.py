@@ -258,6 +258,38 @@ def test_connections_are_pooled_and_survive_a_server_side_reset(
         pass
 
 
+def kill_lock_holder(postgres: PostgresServer, upload_id: str) -> int:
+    """Terminate the session holding the upload's advisory lock (as a restart, a
+    failover or a cut network would end it); return how many were ended."""
+    key = lock_key(upload_id) & 0xFFFF_FFFF_FFFF_FFFF
+    with postgres.admin() as admin:
+        row = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND granted AND objsubid = 1 AND classid::bigint = %s AND objid::bigint = %s",
+            [key >> 32, key & 0xFFFF_FFFF],
+        ).fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def test_still_held_fences_a_lost_lock(
+    make_locker: Callable[..., PostgresLocker], postgres: PostgresServer
+) -> None:
+    a, b = make_locker(), make_locker()
+    assert not a.still_held(UPLOAD)
+    with a.hold(UPLOAD, timeout=0):
+        assert a.still_held(UPLOAD)
+        assert not a.still_held(OTHER)
+        assert not b.still_held(UPLOAD)
+        assert kill_lock_holder(postgres, UPLOAD) == 1
+        assert not a.still_held(UPLOAD)  # its holder learns it lost it...
+        with b.hold(UPLOAD, timeout=0):  # ...and another host may hold it meanwhile
+            assert b.still_held(UPLOAD)
+    assert not a.still_held(UPLOAD)
+    with a.hold(UPLOAD, timeout=0):  # a new connection: the pool dropped the dead one
+        assert a.still_held(UPLOAD)
+
+
 def test_advisory_locks_leave_nothing_for_cleanup(
     make_locker: Callable[..., PostgresLocker],
 ) -> None:

@@ -204,6 +204,29 @@ def test_memory_per_patch_is_about_one_part(store: S3Store) -> None:
     assert store.size(UPLOAD) == size
 
 
+def test_a_patch_continuing_a_part_holds_about_one_part(store: S3Store) -> None:
+    """A PATCH that begins mid-part (a resumed upload) puts the part's earlier bytes in
+    front of its own in one buffer: no second part-sized copy (it held two)."""
+    store.create(UPLOAD)
+    front = 2 * MiB
+    store.append(UPLOAD, 0, iter([b"\x5a" * front]))
+    size = 3 * PART
+    tracemalloc.start()
+    try:
+        store.append(UPLOAD, front, (b"\x5a" * (64 * 1024) for _ in range(size // (64 * 1024))))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"peak Python allocations continuing a part: {peak / MiB:.1f} MiB (part {PART // MiB})")
+    assert peak < 1.5 * PART
+    assert store.size(UPLOAD) == front + size
+
+
+def test_the_connection_pool_covers_the_threads(store: S3Store) -> None:
+    # gunicorn's default UPLOADSVC_THREADS: each thread may hold a connection at once.
+    assert store.client.meta.config.max_pool_connections >= 128
+
+
 def test_empty_upload(store: S3Store) -> None:
     store.create(UPLOAD)
     store.finish(UPLOAD)
@@ -333,7 +356,7 @@ def test_store_settings(tmp_path: Path) -> None:
     assert (settings.s3_bucket, settings.s3_prefix) == ("my-bucket", "some/prefix/")
     assert settings.s3_endpoint_url == "http://127.0.0.1:9000"
     assert settings.s3_part_size == 16 * MiB
-    assert Settings.from_env({"UPLOADSVC_STORE": "s3://b-1"}).s3_prefix == ""
+    assert Settings.from_env({"UPLOADSVC_STORE": "s3://b-1/x"}).s3_prefix == "x/"
     assert Settings.from_env({"UPLOADSVC_STORE": "file"}).s3_bucket is None
 
 
@@ -345,10 +368,14 @@ def test_store_settings(tmp_path: Path) -> None:
         ("STORE", "s3://bucket/a//b", {}),
         ("STORE", "s3://bucket/../b", {}),
         ("STORE", "ftp://x", {}),
+        # No prefix: cleanup would take unrelated keys at the bucket's root for orphans.
+        ("STORE", "s3://bucket", {}),
+        ("STORE", "s3://bucket/", {}),
+        ("STORE", "s3://bucket//", {}),
         ("S3_PART_SIZE", str(5 * MiB - 1), {}),
         ("S3_PART_SIZE", "lots", {}),
         ("S3_ENDPOINT_URL", "minio:9000", {}),
-        ("MAX_SIZE", str(10_000 * PART + 1), {"STORE": "s3://bucket", "S3_PART_SIZE": str(PART)}),
+        ("MAX_SIZE", str(10_000 * PART + 1), {"STORE": "s3://bucket/p", "S3_PART_SIZE": str(PART)}),
     ],
 )
 def test_bad_store_settings_name_the_variable(name: str, value: str, extra: dict[str, str]) -> None:
@@ -360,9 +387,9 @@ def test_bad_store_settings_name_the_variable(name: str, value: str, extra: dict
 
 def test_an_unreachable_store_is_one_line_at_start_up() -> None:
     settings = Settings.from_env(
-        {"UPLOADSVC_STORE": "s3://bucket", "UPLOADSVC_S3_ENDPOINT_URL": "http://127.0.0.1:9"}
+        {"UPLOADSVC_STORE": "s3://bucket/p", "UPLOADSVC_S3_ENDPOINT_URL": "http://127.0.0.1:9"}
     )
-    with pytest.raises(ConfigError, match=r"^UPLOADSVC_STORE: s3://bucket/ at http") as caught:
+    with pytest.raises(ConfigError, match=r"^UPLOADSVC_STORE: s3://bucket/p/ at http") as caught:
         check_reachable(settings)
     assert "\n" not in str(caught.value)
 
@@ -481,6 +508,51 @@ def test_concatenation_on_s3(s3_client: FlaskClient) -> None:
     assert s3_client.get(final).data == b"".join(parts)
 
 
+def bucket_bytes(store: S3Store) -> int:
+    listing = store.client.list_objects_v2(Bucket=store.bucket)
+    return sum(int(item["Size"]) for item in listing.get("Contents", []))
+
+
+def test_finals_on_s3_read_through_partials_and_copy_nothing(
+    s3_client: FlaskClient, s3_app: Flask, clock: Clock
+) -> None:
+    store = service(s3_app).store
+    assert isinstance(store, S3Store)
+    big, small = data_of(6 * MiB, 25), data_of(1000, 26)
+    partials = []
+    for part in (big, small):
+        url = create(s3_client, len(part), **{"Upload-Concat": "partial"})
+        assert patch(s3_client, url, 0, part) == 204
+        partials.append(url)
+    before = bucket_bytes(store)
+    named = [partials[1], partials[0], partials[1], partials[0], partials[1]]
+    finals = []
+    for _ in range(3):
+        response = s3_client.post(
+            "/files/", headers={**TUS, "Upload-Concat": "final;" + " ".join(named)}
+        )
+        assert response.status_code == 201
+        finals.append(response.headers["Location"])
+    assert bucket_bytes(store) == before  # three finals of 12 MiB each: no new bytes
+    whole = small + big + small + big + small
+    assert hashlib.sha256(s3_client.get(finals[0]).data).digest() == hashlib.sha256(whole).digest()
+    first, last = len(small) + len(big) - 5, len(small) * 2 + len(big) + 5  # two boundaries
+    response = s3_client.get(finals[1], headers={"Range": f"bytes={first}-{last}"})
+    assert (response.status_code, response.data) == (206, whole[first : last + 1])
+
+    # The partials' URLs go; their bytes stay for the finals, until none is left.
+    for url in partials:
+        assert s3_client.delete(url, headers=TUS).status_code == 204
+        assert s3_client.head(url, headers=TUS).status_code == 410
+    assert s3_client.get(finals[2]).data == whole
+    for url in finals:
+        assert s3_client.delete(url, headers=TUS).status_code == 204
+    clock.now = datetime.now(UTC) + timedelta(days=1)
+    result = s3_app.test_cli_runner().invoke(args=["cleanup", "--json"])
+    assert result.exit_code == 0, result.output
+    assert keys(store) == []
+
+
 def test_empty_upload_on_s3(s3_client: FlaskClient) -> None:
     url = create(s3_client, 0)
     response = s3_client.get(url)
@@ -510,3 +582,25 @@ def test_cleanup_on_s3(s3_client: FlaskClient, s3_app: Flask, clock: Clock) -> N
 
 def test_healthz_asks_the_bucket(s3_client: FlaskClient) -> None:
     assert s3_client.get("/healthz").status_code == 200
+
+
+def test_cleanup_on_s3_leaves_keys_outside_its_prefix(s3_app: Flask, clock: Clock) -> None:
+    """Keys that look like upload ids but aren't under the prefix (the bucket's root, a
+    sibling prefix that merely starts alike) are someone else's: cleanup keeps them."""
+    store = service(s3_app).store
+    assert isinstance(store, S3Store)
+    strangers = ["c3" * 16, "abcdefgh", "z" * 64, f"tusother/{'c3' * 16}", f"tus2{'e5' * 16}"]
+    for key in strangers:
+        store.client.put_object(Bucket=store.bucket, Key=key, Body=b"not ours")
+    orphan = "d4" * 16
+    store.create(orphan)
+    clock.now = datetime.now(UTC) + timedelta(days=1)
+    result = s3_app.test_cli_runner().invoke(args=["cleanup", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = store.client.list_objects_v2(Bucket=store.bucket)
+    assert sorted(item["Key"] for item in listed.get("Contents", [])) == sorted(strangers)
+
+
+def test_a_store_without_prefix_refuses_to_scan(make_store: Callable[..., S3Store]) -> None:
+    with pytest.raises(ValueError, match="no key prefix"):
+        make_store(prefix="").scan()

@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.test import TestResponse
 
 from tests.conftest import OCTET, TUS, Clock, service
+from uploadsvc import create_app
 from uploadsvc.models import Upload
 
 
@@ -354,6 +355,43 @@ def test_checksum_mismatch_is_460_and_discards(client: FlaskClient, data_dir: Pa
     assert response.headers["Upload-Offset"] == "2"
     assert stored(data_dir, url) == b"ab"
     assert head(client, url).headers["Upload-Offset"] == "2"
+
+
+# -- checksum-trailer: only where trailers arrive ---------------------------------------
+
+
+def behind_a_proxy(data_dir: Path) -> FlaskClient:
+    return create_app({"DATA_DIR": str(data_dir), "PROXY_HOPS": "1"}).test_client()
+
+
+def test_checksum_trailer_is_not_advertised_behind_a_proxy(data_dir: Path) -> None:
+    """Proxies (nginx as shipped) drop request trailers: a client that believed the
+    advertisement would send bodies that can only fail."""
+    response = behind_a_proxy(data_dir).options("/files/")
+    extensions = response.headers["Tus-Extension"].split(",")
+    assert "checksum-trailer" not in extensions
+    assert "checksum" in extensions and "concatenation" in extensions
+
+
+def test_an_announced_trailer_behind_a_proxy_is_400_before_the_body(data_dir: Path) -> None:
+    client = behind_a_proxy(data_dir)
+    url = create(client, 5).removeprefix("http://localhost")
+    response = patch(client, url, b"hello", Trailer="Upload-Checksum")
+    assert response.status_code == 400
+    assert "as a header" in response.text
+    assert head(client, url).headers["Upload-Offset"] == "0"
+    # creation-with-upload: refused before the upload is made.
+    response = client.post(
+        "/files/",
+        data=b"hello",
+        headers={**TUS, "Upload-Length": "5", "Content-Type": OCTET, "Trailer": "Upload-Checksum"},
+    )
+    assert response.status_code == 400 and "Location" not in response.headers
+    assert len(list((data_dir / "files").iterdir())) == 1
+    # A checksum in a header works behind a proxy as anywhere.
+    digest = b64(hashlib.sha1(b"hello").digest())
+    response = patch(client, url, b"hello", **{"Upload-Checksum": f"sha1 {digest}"})
+    assert response.status_code == 204
 
 
 # -- termination and expiry -----------------------------------------------------------

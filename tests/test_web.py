@@ -5,16 +5,20 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import update
 
 from uploadsvc import create_app, web
 from uploadsvc.config import ConfigError, Settings
 from uploadsvc.hooks import HookRequest, Rejected
+from uploadsvc.models import Upload
 
 from .conftest import OCTET, TUS
 
@@ -178,3 +182,68 @@ def test_list_shows_only_what_the_authorize_hook_allows(data_dir: Path) -> None:
         finally:
             OWNERS.clear()
             BROKEN.clear()
+
+
+def _pages(client: FlaskClient, limit: int, **headers: str) -> list[list[str]]:
+    pages: list[list[str]] = []
+    url = f"/api/uploads?limit={limit}"
+    for _ in range(50):  # bounded: a cursor that never ends fails the test
+        data = client.get(url, headers=headers).get_json()
+        pages.append([item["id"] for item in data["uploads"]])
+        if data["next"] is None:
+            return pages
+        url = f"/api/uploads?limit={limit}&before={quote(data['next'])}"
+    raise AssertionError("the list never ended")
+
+
+def _flat(pages: list[list[str]]) -> list[str]:
+    return [upload_id for page in pages for upload_id in page]
+
+
+def test_list_is_paged_by_cursor(web_client: FlaskClient, data_dir: Path) -> None:
+    ids = [upload(web_client, b"x", f"{n}.txt") for n in range(7)]
+    newest_first = list(reversed(ids))
+    assert web_client.get("/api/uploads").get_json()["next"] is None
+    pages = _pages(web_client, 3)
+    assert [len(page) for page in pages] in ([3, 3, 1], [3, 3, 1, 0])
+    assert _flat(pages) == newest_first
+    # Ties on completed_at (a batch finishing in one instant) are ordered by id, and
+    # paging neither repeats nor skips one.
+    app = web_client.application
+    with app.extensions["uploadsvc"].sessions.begin() as session:
+        moment = datetime(2026, 1, 1, tzinfo=UTC)
+        session.execute(update(Upload).values(completed_at=moment))
+    pages = _pages(web_client, 2)
+    assert _flat(pages) == sorted(ids, reverse=True)
+
+
+def test_paging_skips_what_the_hook_hides(data_dir: Path) -> None:
+    OWNERS.clear()
+    with make_app(data_dir, WEB_UI="1", HOOKS="tests.test_web:OwnerHooks").test_client() as client:
+        ids = [upload(client, b"x") for _ in range(6)]
+        for number, upload_id in enumerate(ids):
+            OWNERS[upload_id] = "ann" if number % 2 else "bob"
+        pages = _pages(client, 2, **{"X-User": "ann"})
+        assert _flat(pages) == [ids[5], ids[3], ids[1]]
+    OWNERS.clear()
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        "",
+        "x",
+        ",",
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:00:00Z,",
+        "2026-01-01T00:00:00Z,../etc",
+        "2026-01-01T00:00:00,0123456789abcdef",  # no time zone
+        "not-a-date,0123456789abcdef",
+        "0001-01-01T00:00:00+01:00,0123456789abcdef",
+        "2026-13-01T00:00:00Z,0123456789abcdef",
+    ],
+)
+def test_bad_cursor_is_400(web_client: FlaskClient, before: str) -> None:
+    response = web_client.get(f"/api/uploads?before={quote(before)}")
+    assert response.status_code == 400
+    assert "error" in response.get_json()

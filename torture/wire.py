@@ -89,10 +89,16 @@ class Reply:
 class Conn:
     """One client connection to 127.0.0.1:``port``."""
 
-    def __init__(self, port: int, *, timeout: float = IO_TIMEOUT) -> None:
+    def __init__(
+        self, port: int, *, timeout: float = IO_TIMEOUT, source: str | None = None
+    ) -> None:
+        """``source``: another loopback address to connect from (127.x.y.z), so that the
+        server sees another client; the traffic still goes to 127.0.0.1 only."""
         self.port = port
         self.timeout = timeout
-        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.sock = socket.create_connection(
+            (HOST, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = b""
         self.closed = False

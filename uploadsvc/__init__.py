@@ -14,7 +14,9 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import cli, db, ops
+from .clientslots import ClientSlots
 from .config import PREFIX, ConfigError, Settings
+from .connection import AnnouncedCloses
 from .hooks import Hooks, load_hooks
 from .locking import Locker
 from .locking.filelock import FileLocker
@@ -46,7 +48,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         engine.dispose()
         raise
     sessions = db.make_sessionmaker(engine)
-    metrics = Metrics(sessions)
+    # Reads (downloads, HEADs, /metrics, /healthz, the page's list) take no write lock.
+    readers = db.make_readers(engine)
+    metrics = Metrics(readers)
     hooks = Hooks(
         target=load_hooks(settings.hooks) if settings.hooks else None,
         webhook_url=settings.webhook_url,
@@ -63,14 +67,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             lock_timeout=settings.lock_timeout,
         ),
         hooks=hooks,
-        readers=db.make_readers(engine),
+        readers=readers,
     )
     app.extensions["uploadsvc.transfers"] = TransferMonitor(
         locker,
         read_timeout=settings.read_timeout,
         on_bytes=metrics.bytes_received.inc,
         on_stop=metrics.body_stopped,
+        min_rate=settings.min_rate,
+        rate_window=settings.min_rate_window,
+        rate_grace=settings.min_rate_grace,
     )
+    app.extensions["uploadsvc.client_slots"] = ClientSlots(settings.max_uploads_per_client)
 
     from . import views, web
 
@@ -85,6 +93,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
+    # Outermost: it sees the server's own start_response.
+    app.wsgi_app = AnnouncedCloses(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

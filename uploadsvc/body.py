@@ -98,6 +98,27 @@ def read_body(
         yield from _chunked_from_socket(source, trailers)
 
 
+def unread(environ: Mapping[str, Any]) -> bool:
+    """Whether gunicorn would have to drain (or close over) body bytes still on the
+    connection after the response: a body not read to its end, or one that broke off.
+
+    False outside gunicorn's HTTP/1 layout (nothing to announce there)."""
+    stream: Any = environ.get("wsgi.input")
+    if type(stream) is not _gbody.Body:
+        return False
+    if getattr(stream, "failed", False) is True:
+        return True
+    reader: Any = getattr(stream, "reader", None)
+    if type(reader) is _gbody.LengthReader:
+        length = getattr(reader, "length", 0)
+        return isinstance(length, int) and length > 0
+    if type(reader) is _gbody.ChunkedReader:
+        return getattr(reader, "parser", None) is not None  # None once the body ended
+    if type(reader) is _gbody.EOFReader:  # a body that runs to the close
+        return getattr(reader, "finished", False) is not True
+    return False
+
+
 def trailers_supported(environ: Mapping[str, Any]) -> bool:
     """Whether ``read_body`` can hand over trailer fields for this request."""
     source = _gunicorn(environ)

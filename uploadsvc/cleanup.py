@@ -3,15 +3,22 @@
 Framework-free: ``flask cleanup`` (cli.py) builds a ``Cleaner`` and prints its
 ``Report``. One run, in order:
 
+0. finished: completed uploads whose finish sequence broke off (a crash) run it now.
 1. expired: unfinished uploads past ``expires_at`` lose their data; the row becomes an
    EXPIRED tombstone, so the URL keeps answering 410 rather than 404.
 2. completed: with a retention set, completed uploads older than it, likewise; but not
-   a partial upload that an unfinished final upload still needs.
+   a partial upload that a live final upload names.
 3. gone: live rows whose data file vanished become tombstones too.
 4. purged: tombstones older than the TTL lose their row (the URL then answers 404).
 5. orphans: data and lock files without a live row. Files without any row must be older
    than a grace period: ``service.create`` writes the data file before it inserts the
    row, so a young row-less file is an upload being born.
+
+A final upload holds no copy of its partials' bytes: it is read through them. So the
+data of a partial that a live (active or completed) final names is never removed,
+whatever the partial's own state (a terminated one answers 410 but keeps its bytes);
+its row is not purged either, so its data never looks like an orphan's. Once no live
+final names it, the steps above remove it as any other.
 
 Everything it changes, it changes under the upload's lock taken with timeout 0: a busy
 upload is skipped (left for the next run), never waited for, and the row is read again
@@ -33,13 +40,13 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import Executable, select
-from sqlalchemy.orm import aliased, object_session
+from sqlalchemy.orm import object_session
 
 from .config import Settings
 from .errors import UploadLocked
 from .models import Upload, UploadPart, UploadState
 from .protocol import UPLOAD_ID
-from .service import UploadService
+from .service import UploadService, named_by_live_finals, partial_in_use
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,7 @@ class Report:
 
     dry_run: bool = False
     running_elsewhere: bool = False  # another cleanup held the run lock: nothing done
+    finished: list[str] = field(default_factory=list)  # finishes left due, run now
     expired: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
@@ -91,7 +99,7 @@ class Report:
     skipped: list[str] = field(default_factory=list)  # busy: left for the next run
     failures: list[Failure] = field(default_factory=list)
 
-    OUTCOMES: ClassVar[tuple[str, ...]] = (
+    OUTCOMES: ClassVar[tuple[str, ...]] = (  # what a run removes
         "expired",
         "completed",
         "gone",
@@ -108,7 +116,11 @@ class Report:
     def idle(self) -> bool:
         """Nothing done, nothing skipped, nothing failed: nothing worth telling."""
         return not (
-            self.running_elsewhere or self.skipped or self.failures or any(self.counts().values())
+            self.running_elsewhere
+            or self.finished
+            or self.skipped
+            or self.failures
+            or any(self.counts().values())
         )
 
     def counts(self) -> dict[str, int]:
@@ -121,6 +133,7 @@ class Report:
             "running_elsewhere": self.running_elsewhere,
             "counts": self.counts(),
             **{name: list(getattr(self, name)) for name in self.OUTCOMES},
+            "finished": list(self.finished),
             "skipped": list(self.skipped),
             "failures": [vars(failure) for failure in self.failures],
         }
@@ -128,6 +141,7 @@ class Report:
 
 class Cleaner:
     def __init__(self, service: UploadService, retention: Retention, *, dry_run: bool = False):
+        self.service = service
         self.sessions = service.sessions
         self.store = service.store
         self.locker = service.locker
@@ -153,6 +167,7 @@ class Cleaner:
         now = self.clock()
         # Each id is handled once per run, by the first step that wants it.
         seen: set[str] = set()
+        self._finish(report)
         self._expire(now, report, seen)
         self._retire_completed(now, report, seen)
         self._bury_gone(now, report, seen)
@@ -160,6 +175,26 @@ class Cleaner:
         self._sweep_orphans(now, report, seen)
 
     # -- the steps --------------------------------------------------------------------
+
+    def _finish(self, report: Report) -> None:
+        """Completed uploads whose finish broke off (a crash between the last byte and
+        the end of the finish sequence; see ``UploadService._complete``) finish now, as
+        the next request to them would. Not counted in ``seen``: they live on."""
+        query = select(Upload.id).where(
+            Upload.state == UploadState.COMPLETED, Upload.finished_at.is_(None)
+        )
+        for upload_id in self._ids(query):
+            if self.dry_run:
+                report.finished.append(upload_id)
+                continue
+            try:
+                if self.service.resume_finish(upload_id):
+                    report.finished.append(upload_id)
+            except UploadLocked:
+                report.skipped.append(upload_id)  # its holder finishes it
+            except Exception as error:  # one bad upload must not stop the rest
+                log.exception("cleanup: finishing upload %s failed", upload_id)
+                report.failures.append(Failure(upload_id, "finished", repr(error)))
 
     def _expire(self, now: datetime, report: Report, seen: set[str]) -> None:
         def still_due(row: Upload | None) -> bool:
@@ -182,14 +217,9 @@ class Cleaner:
             return
         cutoff = now - keep
 
-        # A completed partial upload stays while a final upload still waits for its
-        # other partials (concatenation-unfinished): the final is assembled from it.
-        finals = aliased(Upload)
-        awaited = (
-            select(UploadPart.partial_id)
-            .join(finals, finals.id == UploadPart.final_id)
-            .where(finals.state == UploadState.ACTIVE)
-        )
+        # A completed partial upload stays while a live final names it: the final's
+        # bytes are read through it.
+        awaited = named_by_live_finals()
 
         def still_due(row: Upload | None) -> bool:
             session = object_session(row) if row is not None else None
@@ -225,12 +255,22 @@ class Cleaner:
 
     def _purge_tombstones(self, now: datetime, report: Report, seen: set[str]) -> None:
         cutoff = now - self.retention.tombstone_ttl
-        query = select(Upload.id).where(Upload.state.in_(TOMBSTONES), Upload.updated_at <= cutoff)
+        # Not a partial whose bytes a live final reads: its row says they are in use.
+        query = select(Upload.id).where(
+            Upload.state.in_(TOMBSTONES),
+            Upload.updated_at <= cutoff,
+            Upload.id.not_in(named_by_live_finals()),
+        )
 
         def purge(upload_id: str) -> bool:
             with self.sessions.begin() as session:
                 row = session.get(Upload, upload_id)
-                if row is None or row.state not in TOMBSTONES or row.updated_at > cutoff:
+                if (
+                    row is None
+                    or row.state not in TOMBSTONES
+                    or row.updated_at > cutoff
+                    or partial_in_use(session, upload_id)
+                ):
                     self._forget_if_dead(upload_id, row)
                     return False
                 session.delete(row)
@@ -249,9 +289,12 @@ class Cleaner:
         # Not the run lock's own file, nor anything else no upload could have made.
         locks = {i: when for i, when in self.locker.scan() if UPLOAD_ID.fullmatch(i)}
         states = self._states(files.keys() | locks.keys())
+        in_use = set(self._ids(named_by_live_finals()))
 
         def stray(upload_id: str, modified_at: datetime) -> bool:
             state = states.get(upload_id)
+            if upload_id in in_use:
+                return False  # a tombstoned partial whose bytes a live final reads
             if state is None:
                 return modified_at <= old
             # A tombstone's files are a crash's leftovers; a tombstone never comes back
@@ -264,7 +307,7 @@ class Cleaner:
         def remove(upload_id: str) -> bool:
             with self.sessions.begin() as session:
                 row = session.get(Upload, upload_id)
-                if row is not None and row.state in LIVE:
+                if (row is not None and row.state in LIVE) or partial_in_use(session, upload_id):
                     return False
             if upload_id in stray_files:
                 self.store.delete(upload_id)
@@ -296,7 +339,13 @@ class Cleaner:
             row.state = UploadState.EXPIRED
             row.expires_at = None
             row.updated_at = now
-        self._drop_data(upload_id)
+            keep = partial_in_use(session, upload_id)
+        if keep:
+            # An expired partial named by a live (so unfinished) final: that final can
+            # never complete now, but its bytes stay until no live final names them.
+            self.locker.forget(upload_id)
+        else:
+            self._drop_data(upload_id)
         return True
 
     def _forget_if_dead(self, upload_id: str, row: Upload | None) -> None:

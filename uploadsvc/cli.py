@@ -85,6 +85,9 @@ def summary(report: Report) -> str:
         lines.append("cleanup would remove (dry run):" if report.dry_run else "cleanup removed:")
         width = max(len(LABELS[name]) for name in counts)
         lines.extend(f"  {LABELS[name]:<{width}}  {count}" for name, count in counts.items())
+    if report.finished:
+        verb = "would finish" if report.dry_run else "finished"
+        lines.append(f"{verb} {len(report.finished)} upload(s) whose finish broke off")
     if report.skipped:
         lines.append(f"skipped {len(report.skipped)} busy upload(s); the next run retries")
     if report.failures:

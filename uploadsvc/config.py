@@ -30,6 +30,22 @@ DEFAULT_DATA_DIR = "var"
 # Seconds a PATCH body may go without a single byte before the request ends (bytes
 # kept): a client that vanished without closing its connection frees its thread.
 DEFAULT_READ_TIMEOUT = 60.0
+# Slow clients (README "Slow clients"). A request head must arrive whole within this many
+# seconds (of a new connection's accept, of a kept-alive connection's first byte) before a
+# thread is given to it; real clients send a head in one packet.
+DEFAULT_HEADER_TIMEOUT = 10.0
+# A PATCH body slower than MIN_RATE bytes/s, averaged over each MIN_RATE_WINDOW seconds
+# after the first MIN_RATE_GRACE seconds, ends (bytes kept; the client resumes). 1 KiB/s
+# is far below any real link (a 2G phone does ~10), while a body trickled a byte at a time
+# can hold a thread for hours under READ_TIMEOUT alone.
+DEFAULT_MIN_RATE = 1024
+DEFAULT_MIN_RATE_WINDOW = 20.0
+DEFAULT_MIN_RATE_GRACE = 10.0
+# Upload bodies one client address may stream at once in one worker (threads: 128): a
+# quarter of a worker's threads, so one address can't take a worker, while an office
+# behind one NAT address still uploads 32 files at a time per worker.
+DEFAULT_MAX_UPLOADS_PER_CLIENT = 32
+MAX_SLOW_CLIENT_SECONDS = 3600.0
 # Expired and terminated uploads stay as tombstones (their URLs answer 410, not 404) for
 # a week, so a client back from a long absence learns its upload is gone, not unknown.
 DEFAULT_TOMBSTONE_TTL = 7 * 24 * 60 * 60
@@ -51,6 +67,29 @@ POSTGRES_SCHEMES = ("postgresql+psycopg", "postgresql")
 # PostgreSQL advisory locks (several hosts).
 LOCKERS = ("file", "postgres")
 
+# Upper bounds, so that no value starts a server that fails later. Durations are added
+# to and taken from today's date (expiry, cleanup cut-offs): a century keeps that well
+# inside datetime's range (UPLOADSVC_EXPIRE_AFTER=1e12 made every POST a 500). Sizes
+# and offsets travel as JavaScript numbers (tus-js-client, the page's list) and in
+# BIGINT columns: 2**53 is exact in both. Waits go to socket and lock timeouts.
+CENTURY = 100 * 365 * 24 * 60 * 60
+MAX_BYTES = 2**53
+MAX_PROXY_HOPS = 16
+UPPER_BOUNDS: dict[str, float] = {
+    "MAX_SIZE": MAX_BYTES,
+    "EXPIRE_AFTER": CENTURY,
+    "TOMBSTONE_TTL": CENTURY,
+    "ORPHAN_GRACE": CENTURY,
+    "KEEP_COMPLETED": CENTURY,
+    "LOCK_TIMEOUT": 60 * 60,
+    "READ_TIMEOUT": 24 * 60 * 60,
+    "PROXY_HOPS": MAX_PROXY_HOPS,
+}
+# For a setting not listed: integers as sizes, numbers as waits in seconds (threading's
+# and socket's timeouts overflow near 2**33 s).
+DEFAULT_MAX_INT = MAX_BYTES
+DEFAULT_MAX_FLOAT = 1e9
+
 
 class ConfigError(ValueError):
     """A setting has a value uploadsvc can't use; the message names the variable."""
@@ -67,6 +106,12 @@ class Settings:
     # power loss for speed; a process crash still loses nothing.
     fsync: bool = True
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    # Slow clients: see the defaults above. min_rate 0 and max_uploads_per_client 0 mean off.
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    min_rate: int = DEFAULT_MIN_RATE
+    min_rate_window: float = DEFAULT_MIN_RATE_WINDOW
+    min_rate_grace: float = DEFAULT_MIN_RATE_GRACE
+    max_uploads_per_client: int = DEFAULT_MAX_UPLOADS_PER_CLIENT
     # Origins allowed to upload from browsers: exact "scheme://host[:port]" or "*".
     cors_origins: tuple[str, ...] = ()
     # How many proxies in front set X-Forwarded-*; 0 trusts none of those headers.
@@ -109,7 +154,7 @@ class Settings:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
         """Build from ``{"DATA_DIR": ..., ...}`` (environment names without the prefix)."""
-        data_dir = Path(str(values.get("DATA_DIR") or DEFAULT_DATA_DIR)).resolve()
+        data_dir = _data_dir(values, "DATA_DIR")
         database_url = _database_url(values, data_dir)
         postgres = not database_url.startswith(SQLITE_SCHEME)
         locker = _choice(values, "LOCKER", LOCKERS, "postgres" if postgres else "file")
@@ -135,6 +180,19 @@ class Settings:
             lock_timeout=_positive_float(values, "LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
             fsync=_boolean(values, "FSYNC", True),
             read_timeout=_positive_float(values, "READ_TIMEOUT", DEFAULT_READ_TIMEOUT),
+            header_timeout=_seconds_within(
+                values, "HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT, allow_zero=False
+            ),
+            min_rate=_count_within(values, "MIN_RATE", DEFAULT_MIN_RATE, 1024**3),
+            min_rate_window=_seconds_within(
+                values, "MIN_RATE_WINDOW", DEFAULT_MIN_RATE_WINDOW, allow_zero=False
+            ),
+            min_rate_grace=_seconds_within(
+                values, "MIN_RATE_GRACE", DEFAULT_MIN_RATE_GRACE, allow_zero=True
+            ),
+            max_uploads_per_client=_count_within(
+                values, "MAX_UPLOADS_PER_CLIENT", DEFAULT_MAX_UPLOADS_PER_CLIENT, 1_000_000
+            ),
             cors_origins=_origins(values, "CORS_ORIGINS"),
             proxy_hops=_non_negative_int(values, "PROXY_HOPS", 0),
             hooks=_import_path(values, "HOOKS"),
@@ -157,6 +215,14 @@ class Settings:
         return cls.from_mapping(
             {key[len(PREFIX) :]: value for key, value in env.items() if key.startswith(PREFIX)}
         )
+
+
+def _data_dir(values: Mapping[str, Any], name: str) -> Path:
+    text = str(_raw(values, name) or DEFAULT_DATA_DIR).strip()
+    try:
+        return Path(text).resolve()
+    except (ValueError, OSError) as error:  # a NUL byte, a path too long to resolve
+        raise ConfigError(f"{PREFIX}{name}: {_shown(text)} is not a usable path: {error}") from None
 
 
 def _database_url(values: Mapping[str, Any], data_dir: Path) -> str:
@@ -209,7 +275,14 @@ def _store(values: Mapping[str, Any], name: str) -> tuple[str | None, str]:
     prefix = prefix.strip("/")
     if any(not part or part in (".", "..") for part in prefix.split("/") if prefix):
         raise ConfigError(f"{PREFIX}{name}: {text!r} has an empty or dot path segment")
-    return bucket, f"{prefix}/" if prefix else ""
+    if not prefix:
+        # Cleanup removes every object under the prefix that isn't a known upload: at
+        # the bucket's root, that would be anyone's keys of 8-64 letters and digits.
+        raise ConfigError(
+            f"{PREFIX}{name}: {text!r} needs a key prefix (s3://BUCKET/PREFIX) that only"
+            " uploadsvc writes under"
+        )
+    return bucket, f"{prefix}/"
 
 
 def _s3_part_size(values: Mapping[str, Any], name: str) -> int:
@@ -223,8 +296,12 @@ def _s3_part_size(values: Mapping[str, Any], name: str) -> int:
 
 
 def _raw(values: Mapping[str, Any], name: str) -> Any:
+    """The value, or None when unset, empty or only whitespace (the default applies: an
+    ``UPLOADSVC_X=`` line in an environment file means "not set")."""
     value = values.get(name)
-    return None if value is None or value == "" else value
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
 
 
 def _positive_int(values: Mapping[str, Any], name: str, default: int) -> int:
@@ -238,13 +315,32 @@ def _non_negative_int(values: Mapping[str, Any], name: str, default: int) -> int
     value = _raw(values, name)
     if value is None:
         return default
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ConfigError(f"{PREFIX}{name}: {value!r} is not an integer") from None
+    text = str(value).strip()
+    # Digits only: int() would also take "1_000", "+5" and non-ASCII digits, and a
+    # thousand-digit number takes it a while.
+    if not re.fullmatch(r"-?[0-9]{1,400}", text):
+        raise ConfigError(f"{PREFIX}{name}: {_shown(value)} is not an integer")
+    number = int(text)
     if number < 0:
         raise ConfigError(f"{PREFIX}{name}: must not be negative, got {number}")
+    _check_upper(name, number, DEFAULT_MAX_INT)
     return number
+
+
+def _check_upper(name: str, number: float, default: float) -> None:
+    limit = UPPER_BOUNDS.get(name, default)
+    if number > limit:
+        raise ConfigError(f"{PREFIX}{name}: must be at most {_plain(limit)}, got {_plain(number)}")
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() and abs(number) < 1e30 else f"{number:g}"
+
+
+def _shown(value: Any) -> str:
+    """A value quoted for a one-line message, however long or odd."""
+    text = repr(str(value))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 _ORIGIN = re.compile(r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
@@ -295,12 +391,16 @@ def _positive_float(values: Mapping[str, Any], name: str, default: float) -> flo
     value = _raw(values, name)
     if value is None:
         return default
+    text = str(value).strip()
+    if not re.fullmatch(r"-?[0-9]{0,400}(\.[0-9]{0,400})?([eE][-+]?[0-9]{1,4})?", text):
+        raise ConfigError(f"{PREFIX}{name}: {_shown(value)} is not a number")
     try:
-        number = float(str(value).strip())
+        number = float(text)
     except ValueError:
-        raise ConfigError(f"{PREFIX}{name}: {value!r} is not a number") from None
-    if not number > 0 or number == float("inf"):
-        raise ConfigError(f"{PREFIX}{name}: must be a positive number, got {value!r}")
+        raise ConfigError(f"{PREFIX}{name}: {_shown(value)} is not a number") from None
+    if not number > 0:
+        raise ConfigError(f"{PREFIX}{name}: must be a positive number, got {_shown(value)}")
+    _check_upper(name, number, DEFAULT_MAX_FLOAT)
     return number
 
 
@@ -316,3 +416,92 @@ def _boolean(values: Mapping[str, Any], name: str, default: bool) -> bool:
     if text in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"{PREFIX}{name}: {value!r} is not a boolean (use 1 or 0)")
+
+
+def _seconds_within(
+    values: Mapping[str, Any], name: str, default: float, *, allow_zero: bool
+) -> float:
+    """Seconds in (0 or above 0, MAX_SLOW_CLIENT_SECONDS]."""
+    value = _raw(values, name)
+    if value is None:
+        return default
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name}: {value!r} is not a number of seconds") from None
+    low_ok = number >= 0 if allow_zero else number > 0
+    if not (low_ok and number <= MAX_SLOW_CLIENT_SECONDS):
+        low = "0" if allow_zero else "above 0"
+        raise ConfigError(
+            f"{PREFIX}{name}: must be from {low} to {MAX_SLOW_CLIENT_SECONDS:g} seconds,"
+            f" got {value!r}"
+        )
+    return number
+
+
+def _count_within(values: Mapping[str, Any], name: str, default: int, high: int) -> int:
+    """An integer from 0 (off) to ``high``."""
+    number = _non_negative_int(values, name, default)
+    if number > high:
+        raise ConfigError(f"{PREFIX}{name}: must be from 0 (off) to {high}, got {number}")
+    return number
+
+
+# gunicorn's own settings (gunicorn.conf.py). A worker holds a few hundred MiB at most and
+# a thread an 8 MiB stack reservation: beyond these, a typo, not a plan.
+DEFAULT_WORKERS = 2
+DEFAULT_THREADS = 128
+MAX_WORKERS = 256
+MAX_THREADS = 4096
+DEFAULT_BIND = "127.0.0.1:8080"
+_BIND = re.compile(
+    r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})"
+    r"|unix:/\S+|fd://[0-9]{1,9}"
+)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``UPLOADSVC_WORKERS``, ``UPLOADSVC_THREADS`` and ``UPLOADSVC_BIND``, checked like
+    every other setting: a bad value is one ``ConfigError`` line, not a traceback or a
+    server with no worker."""
+
+    workers: int = DEFAULT_WORKERS
+    threads: int = DEFAULT_THREADS
+    bind: str = DEFAULT_BIND
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ServerSettings:
+        return cls(
+            workers=_int_between(values, "WORKERS", DEFAULT_WORKERS, 1, MAX_WORKERS),
+            threads=_int_between(values, "THREADS", DEFAULT_THREADS, 1, MAX_THREADS),
+            bind=_bind(values, "BIND"),
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        env = os.environ if environ is None else environ
+        return cls.from_mapping(
+            {key[len(PREFIX) :]: value for key, value in env.items() if key.startswith(PREFIX)}
+        )
+
+
+def _int_between(values: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+    number = _non_negative_int(values, name, default)
+    if not low <= number <= high:
+        raise ConfigError(f"{PREFIX}{name}: must be between {low} and {high}, got {number}")
+    return number
+
+
+def _bind(values: Mapping[str, Any], name: str) -> str:
+    """``HOST:PORT``, ``[IPV6]:PORT``, ``unix:/PATH`` or ``fd://N``."""
+    value = _raw(values, name)
+    if value is None:
+        return DEFAULT_BIND
+    text = str(value).strip()
+    match = _BIND.fullmatch(text)
+    if match is None or (match.group("port") is not None and int(match.group("port")) > 65535):
+        raise ConfigError(
+            f"{PREFIX}{name}: {_shown(text)} is not HOST:PORT, [IPV6]:PORT, unix:/PATH or fd://N"
+        )
+    return text

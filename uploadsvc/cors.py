@@ -16,7 +16,7 @@ EXPOSED_HEADERS = (
     "Location, Upload-Offset, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size, "
     "Tus-Extension, Tus-Checksum-Algorithm, Upload-Metadata, Upload-Defer-Length, "
     "Upload-Concat, Upload-Expires, Content-Disposition, Content-Length, Content-Range, "
-    "ETag, X-Request-ID"
+    "ETag, Retry-After, X-Request-ID"
 )
 # Browsers cache a preflight this long (Chromium caps it at 2 hours).
 PREFLIGHT_MAX_AGE = "86400"

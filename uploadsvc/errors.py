@@ -8,6 +8,8 @@ Everything below the views raises one of these; the views render them in one pla
       UploadNotFound 404       UploadGone 410          OffsetMismatch 409
       UploadTooLarge 413       UploadLocked 423        ChecksumMismatch 460
       BodyIncomplete 400       InsufficientStorage 507 Forbidden 403
+      BodyCut 503 (+ Retry-After)
+      TooManyUploads 503 (+ Retry-After)
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ class TusError(Exception):
     status: int = 400
     reason: str = "Bad Request"
     message: str = "bad request"
+    # Seconds for a Retry-After header: set on answers the client should retry.
+    retry_after: int | None = None
 
     def __init__(self, message: str | None = None, *, offset: int | None = None) -> None:
         super().__init__(message or self.message)
@@ -65,6 +69,19 @@ class BodyIncomplete(TusError):
     """The client stopped sending before the body it announced was complete."""
 
     status, reason, message = 400, "Bad Request", "request body ended early"
+
+
+class BodyCut(BodyIncomplete):
+    """The server ended the body itself (it is stopping, the client went silent, another
+    request took the upload over); what arrived is kept. 503 with Retry-After is an
+    answer both shipped clients retry, so such a cut never ends an upload.
+    transfers.py's table says which reasons exist and what each one's answer says."""
+
+    status, reason, message = 503, "Service Unavailable", "the server ended the body early"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Forbidden(TusError):
@@ -117,5 +134,32 @@ class HookFailed(TusError):
     status, reason, message = 500, "Internal Server Error", "a server hook failed"
 
 
+class StorageFailed(TusError):
+    """The store failed to write or keep bytes (an I/O error): what it kept is recorded,
+    and the client resumes from ``Upload-Offset`` (a status the shipped clients retry)."""
+
+    status, reason, message = 503, "Service Unavailable", "storage failed; resume the upload"
+    retry_after = 1
+
+
+class LockLost(TusError):
+    """The upload's lock was lost mid-request (its PostgreSQL connection died): another
+    host may hold it now, so nothing more is recorded or deleted; the client asks HEAD
+    where to resume (a status the shipped clients retry)."""
+
+    status, reason, message = 503, "Service Unavailable", "lost the upload's lock; resume"
+    retry_after = 1
+
+
 class InsufficientStorage(TusError):
     status, reason, message = 507, "Insufficient Storage", "no space left to store the upload"
+
+
+class TooManyUploads(TusError):
+    """One client address has UPLOADSVC_MAX_UPLOADS_PER_CLIENT bodies in flight here.
+
+    503, not 429: tus-js-client (the page, and every app built on it) retries 503 but
+    not 429; the CLI retries both. ``retry_after`` goes out as Retry-After."""
+
+    status, reason, message = 503, "Service Unavailable", "too many uploads in flight; retry"
+    retry_after = 5

@@ -6,8 +6,13 @@ is instantiated) with any of these methods; a missing method is a no-op.
     pre_create(request, length, metadata) -> CreateChanges | None
         May refuse (raise ``Rejected(status, message)``), change the metadata or choose
         the id. ``request`` is None outside HTTP.
-    authorize(request) -> None
+    authorize(request, upload) -> None
         Runs before every HEAD, PATCH, DELETE, GET and POST; raise ``Rejected`` to refuse.
+        ``upload`` is the upload the request is about (``UploadInfo``, metadata and
+        state included; tombstones too), or None for a creation. A final upload's
+        creation also asks it once per partial it names, as a GET of that partial.
+        A hook written as ``authorize(request)`` still works (its signature is read
+        once, at load): it is called without the upload.
     pre_finish(upload) -> Mapping[str, str] | None
         Runs in the request that completes an upload; the headers it returns are added
         to that response.
@@ -23,6 +28,7 @@ logged while the upload stays as it is.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import queue
@@ -97,6 +103,20 @@ class Hooks:
     _thread: threading.Thread | None = None
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self) -> None:
+        hook = self._method("authorize")
+        # Read once: an ``authorize(request)`` hook from before it got the upload.
+        self._authorize_takes_upload = hook is not None and _takes_two_arguments(hook)
+
+    @property
+    def authorizes(self) -> bool:
+        return self._method("authorize") is not None
+
+    @property
+    def authorize_needs_upload(self) -> bool:
+        """The hook decides on the upload: callers look it up before calling."""
+        return self._authorize_takes_upload
+
     def _method(self, name: str) -> Callable[..., Any] | None:
         method = getattr(self.target, name, None)
         return method if callable(method) else None
@@ -121,12 +141,15 @@ class Hooks:
             return CreateChanges()
         return changes
 
-    def authorize(self, request: HookRequest) -> None:
+    def authorize(self, request: HookRequest, upload: UploadInfo | None = None) -> None:
         hook = self._method("authorize")
         if hook is None:
             return
         try:
-            hook(request)
+            if self._authorize_takes_upload:
+                hook(request, upload)
+            else:
+                hook(request)
         except TusError:
             raise
         except Exception:
@@ -166,7 +189,12 @@ class Hooks:
                 except Exception:
                     log.exception("%s hook failed for upload %s", event, upload.id)
             if self.webhook_url:
-                self._post(event, upload)
+                try:
+                    self._post(event, upload)
+                except Exception:
+                    # Never let one event end the thread: the queue behind it would
+                    # wait for nobody.
+                    log.exception("webhook %s for upload %s failed", event, upload.id)
 
         try:
             self._queue.put_nowait(deliver)
@@ -205,9 +233,16 @@ class Hooks:
                 method="POST",
             )
             try:
-                with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:
+                with _OPENER.open(request, timeout=WEBHOOK_TIMEOUT) as response:
                     if 200 <= response.status < 300:
                         return
+                    log.warning(
+                        "webhook %s for %s: attempt %d answered %d",
+                        event,
+                        upload.id,
+                        attempt + 1,
+                        response.status,
+                    )
             except OSError as error:  # URLError, HTTPError and timeouts are OSErrors
                 log.warning(
                     "webhook %s for %s: attempt %d failed: %s", event, upload.id, attempt + 1, error
@@ -222,16 +257,44 @@ class Hooks:
         )
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is not a delivery, and is not followed: urllib would resend the event as a
+    GET, to wherever the receiver points. Refused here, it surfaces as an ``HTTPError``:
+    a failed attempt, retried and then logged."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _takes_two_arguments(hook: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins)
+        return False
+    kinds = [parameter.kind for parameter in parameters]
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return inspect.Parameter.VAR_POSITIONAL in kinds or sum(k in positional for k in kinds) >= 2
+
+
 def upload_json(upload: UploadInfo) -> dict[str, Any]:
+    try:
+        metadata: dict[str, str | None] | str = {
+            key: None if value is None else value.decode("utf-8", "replace")
+            for key, value in parse_metadata(upload.metadata).items()
+        }
+    except TusError:
+        # Stored by a pre_create hook in a form the header can't carry: sent as it is
+        # rather than not at all.
+        metadata = upload.metadata
     return {
         "id": upload.id,
         "state": upload.state.value,
         "length": upload.length,
         "offset": upload.offset,
-        "metadata": {
-            key: None if value is None else value.decode("utf-8", "replace")
-            for key, value in parse_metadata(upload.metadata).items()
-        },
+        "metadata": metadata,
         "concat": upload.concat.value if upload.concat else None,
         "created_at": upload.created_at.isoformat(),
         "completed_at": upload.completed_at.isoformat() if upload.completed_at else None,

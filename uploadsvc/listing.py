@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import downloads, protocol
@@ -29,19 +29,59 @@ class CompletedUpload:
 
 
 def recent_completed(
-    sessions: sessionmaker[Session], *, scan: int = MAX_SCAN
+    readers: sessionmaker[Session],
+    *,
+    before: tuple[datetime, str] | None = None,
+    scan: int = MAX_SCAN,
 ) -> Iterator[CompletedUpload]:
-    """Completed uploads, newest first, at most ``scan`` of them."""
+    """Completed uploads, newest first (ties: larger id first), at most ``scan`` of
+    them; with ``before`` (a row's ``completed_at`` and ``id``, see ``cursor``) only
+    those after it in that order. ``readers``: read-only sessions, so a listing never
+    waits for (or holds up) a writer. The index ``ix_uploads_listing`` (state,
+    completed_at, id) serves the order, so a page costs its own rows, not a sort of
+    the table."""
+    with readers() as session:
+        rows = [_completed(row) for row in session.scalars(recent_completed_query(before, scan))]
+    yield from rows
+
+
+def recent_completed_query(before: tuple[datetime, str] | None, scan: int) -> Select[Upload]:
     query = (
         select(Upload)
         .where(Upload.state == UploadState.COMPLETED)
         .where(or_(Upload.concat.is_(None), Upload.concat == Concat.FINAL))
-        .order_by(Upload.completed_at.desc(), Upload.id)
-        .limit(min(scan, MAX_SCAN))
+        .order_by(Upload.completed_at.desc(), Upload.id.desc())
+        .limit(max(1, min(scan, MAX_SCAN)))
     )
-    with sessions() as session:
-        rows = [_completed(row) for row in session.scalars(query)]
-    yield from rows
+    if before is not None:
+        completed_at, upload_id = before
+        query = query.where(
+            or_(
+                Upload.completed_at < completed_at,
+                and_(Upload.completed_at == completed_at, Upload.id < upload_id),
+            )
+        )
+    return query
+
+
+def cursor(upload: CompletedUpload) -> str:
+    """The ``before`` value that continues a listing after ``upload``."""
+    return f"{_timestamp(upload.completed_at)},{upload.id}"
+
+
+def parse_cursor(value: str) -> tuple[datetime, str]:
+    """``cursor``'s inverse; ValueError when ``value`` isn't one."""
+    stamp, sep, upload_id = value.strip().rpartition(",")
+    if not sep or not protocol.UPLOAD_ID.fullmatch(upload_id):
+        raise ValueError("not a listing cursor")
+    completed_at = datetime.fromisoformat(stamp)
+    if completed_at.tzinfo is None:
+        raise ValueError("not a listing cursor")
+    return completed_at.astimezone(UTC), upload_id
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _completed(row: Upload) -> CompletedUpload:

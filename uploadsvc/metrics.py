@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from http import HTTPStatus
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -24,13 +25,30 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Upload requests last from milliseconds (HEAD) to many minutes (a big PATCH).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 LOCK_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10)
+# Label values come from a bounded set, or every made-up method would add a counter and
+# a histogram (about 19 series) to every scrape, forever: anything else is "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"})
+OTHER_METHOD = "other"
+# Statuses: the registered ones (and tus's 460) as they are, others by class ("5xx").
+KNOWN_STATUSES = frozenset(status.value for status in HTTPStatus) | {460}
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def status_label(status: int) -> str:
+    if status in KNOWN_STATUSES:
+        return str(status)
+    return f"{status // 100}xx" if 100 <= status <= 599 else OTHER_METHOD
 
 
 class UploadStates(Collector):
-    """``uploadsvc_uploads{state=...}``: rows per state, counted when scraped."""
+    """``uploadsvc_uploads{state=...}``: rows per state, counted when scraped, in a
+    read-only transaction (``db.make_readers``): a scrape never waits for a writer."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self.sessions = sessions
+    def __init__(self, readers: sessionmaker[Session]) -> None:
+        self.sessions = readers
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
@@ -46,9 +64,9 @@ class UploadStates(Collector):
 
 
 class Metrics:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, readers: sessionmaker[Session]) -> None:
         self.registry = CollectorRegistry()
-        self.states = UploadStates(sessions)
+        self.states = UploadStates(readers)
         self.registry.register(self.states)
         registry = self.registry
         self.uploads = Counter(
@@ -82,7 +100,7 @@ class Metrics:
         )
         self.stopped_bodies = Counter(
             "uploadsvc_stopped_bodies",
-            "PATCH bodies ended early: takeover, read_timeout or shutdown.",
+            "PATCH bodies ended early: takeover, read_timeout, shutdown or too_slow.",
             ["reason"],
             registry=registry,
         )
@@ -97,8 +115,8 @@ class Metrics:
         self.stopped_bodies.labels(reason).inc()
 
     def request_done(self, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, str(status)).inc()
-        self.durations.labels(method).observe(seconds)
+        self.requests.labels(method_label(method), status_label(status)).inc()
+        self.durations.labels(method_label(method)).observe(seconds)
 
     def exposition(self) -> bytes:
         if not os.environ.get(MULTIPROC_ENV):

@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Enum,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -61,6 +62,9 @@ class Base(DeclarativeBase):
 
 class Upload(Base):
     __tablename__ = "uploads"
+    # The upload page's list (listing.py): completed uploads, newest first, paged by
+    # (completed_at, id). Without it every page sorted the table under its transaction.
+    __table_args__ = (Index("ix_uploads_listing", "state", "completed_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     state: Mapped[UploadState] = mapped_column(
@@ -80,6 +84,11 @@ class Upload(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the finish sequence (store finish, pre-finish, post-finish, finals waiting on
+    # it) ran to its end. A COMPLETED row without it is finishing: its last byte is
+    # recorded, its finish is due, and whoever next holds its lock runs it (a crash in
+    # between leaves it due, never lost). Set by compare-and-set, so it happens once.
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     concat: Mapped[Concat | None] = mapped_column(
         Enum(Concat, native_enum=False, length=8, validate_strings=True)
     )

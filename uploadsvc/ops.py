@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import uuid
-from typing import cast
+from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, g, has_request_context, request
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -38,7 +38,48 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# Characters that could start a line or rewrite one on an operator's terminal: C0 and C1
+# controls (CR, LF, ESC...), format characters (bidi overrides) and the Unicode line and
+# paragraph separators. The backslash is escaped too, so an escape always means one.
+_UNSAFE = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: what the client controls (paths, header values, ids from
+    URLs, hook and error messages quoting them) can't forge or hide log lines."""
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\\":
+        return "\\\\"
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+class TextFormatter(logging.Formatter):
+    """The text log: one line per record, whatever its message quotes. A traceback
+    follows on lines of its own, each indented, so a line break in an exception's
+    message (which may quote the client) can't pass for a record of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("  " + escape_controls(line) for line in text.splitlines())
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; json.dumps escapes every control character."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": self.formatTime(record),
@@ -64,7 +105,7 @@ def configure_logging(json_logs: bool) -> None:
     handler.setFormatter(
         JsonFormatter()
         if json_logs
-        else logging.Formatter("%(levelname)s %(name)s [%(request_id)s] %(message)s")
+        else TextFormatter("%(levelname)s %(name)s [%(request_id)s] %(message)s")
     )
     root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -124,7 +165,7 @@ def healthz() -> Response:
     service = cast(UploadService, current_app.extensions["uploadsvc"])
     problems = []
     try:
-        with service.sessions() as session:
+        with service.readers() as session:  # a read: never queued behind a writer
             session.execute(text("SELECT 1"))
     except Exception as error:  # any failure here is what the check is for
         problems.append(f"database: {type(error).__name__}")

@@ -184,9 +184,13 @@ def upload_id_from_url(url: str, request_url: str, files_url: str) -> str | None
     under ``files_url`` (this server's ``.../files/``, scheme and host included), so a
     URL of another host is never followed: the server makes no outbound requests.
     """
-    absolute = urljoin(request_url, url)
-    base = urlsplit(files_url)
-    target = urlsplit(absolute)
+    try:
+        # urllib raises ValueError on some malformed forms (``http://[zz]/``, bad
+        # IPv6 brackets); they name no upload of this server, like any other mistake.
+        base = urlsplit(files_url)
+        target = urlsplit(urljoin(request_url, url))
+    except ValueError:
+        return None
     if (target.scheme, target.netloc.lower()) != (base.scheme, base.netloc.lower()):
         return None
     prefix = base.path.rstrip("/") + "/"

@@ -8,17 +8,18 @@ transaction, serialises one upload's writes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, Select, select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from . import db, protocol
 from .errors import (
@@ -28,7 +29,9 @@ from .errors import (
     HookFailed,
     InsufficientStorage,
     InvalidHeader,
+    LockLost,
     OffsetMismatch,
+    StorageFailed,
     TusError,
     UploadExists,
     UploadGone,
@@ -39,12 +42,15 @@ from .errors import (
 from .hooks import HookRequest, Hooks
 from .locking import Locker
 from .models import Concat, Upload, UploadPart, UploadState
-from .storage import UploadStore
+from .storage import NotDurable, UploadStore
+from .storage.chained import chained
 
 log = logging.getLogger(__name__)
 
 # 128 bits of randomness: an upload URL is a capability, so it must not be guessable.
 _ID_BYTES = 16
+# Ids per IN (...) query: well under SQLite's bound-parameter limit.
+_QUERY_BATCH = 500
 
 
 def utcnow() -> datetime:
@@ -53,6 +59,37 @@ def utcnow() -> datetime:
 
 def new_upload_id() -> str:
     return secrets.token_hex(_ID_BYTES)
+
+
+# The states in which a final upload still needs its partials' bytes: a final holds no
+# copy of them (it is read through them), so they stay while it lives.
+LIVE_FINAL_STATES = (UploadState.ACTIVE, UploadState.COMPLETED)
+
+
+def named_by_live_finals() -> Select[str]:
+    """The ids of partial uploads some live final upload names (their bytes are its)."""
+    finals = aliased(Upload)
+    return (
+        select(UploadPart.partial_id)
+        .join(finals, finals.id == UploadPart.final_id)
+        .where(finals.state.in_(LIVE_FINAL_STATES))
+    )
+
+
+def partial_in_use(session: Session, partial_id: str) -> bool:
+    query = named_by_live_finals().where(UploadPart.partial_id == partial_id).limit(1)
+    return session.scalar(query) is not None
+
+
+def _holds_its_bytes(partial: Upload) -> bool:
+    """A partial whose bytes are all stored for good: complete and finished (a store
+    keeping bytes in pieces has joined them), or terminated after it completed while a
+    final named it (terminate keeps such bytes)."""
+    if partial.length is None or partial.offset < partial.length:
+        return False
+    if partial.state is UploadState.COMPLETED:
+        return partial.finished_at is not None
+    return partial.state is UploadState.TERMINATED
 
 
 @dataclass(frozen=True)
@@ -72,10 +109,14 @@ class UploadInfo:
     expires_at: datetime | None
     created_at: datetime
     completed_at: datetime | None = None
+    # When its finish sequence ran; None while it is due (see ``_complete``).
+    finished_at: datetime | None = None
     concat: Concat | None = None
     parts: tuple[str, ...] = ()  # a final upload's partial upload ids, in order
     # Headers a pre-finish hook adds to the response of the request that completed it.
     finish_headers: dict[str, str] = field(default_factory=dict)
+    # This request ran the finish sequence (and won its compare-and-set).
+    finished_now: bool = False
 
     @property
     def complete(self) -> bool:
@@ -92,6 +133,7 @@ class UploadInfo:
             expires_at=row.expires_at,
             created_at=row.created_at,
             completed_at=row.completed_at,
+            finished_at=row.finished_at,
             concat=row.concat,
             parts=parts,
         )
@@ -178,7 +220,12 @@ class UploadService:
         log.info("upload %s created (length %s)", row.id, length)
         info = UploadInfo.of(row)
         self.hooks.emit("post-create", info)
-        return self._finished(info) if info.complete else info
+        if not info.complete:
+            return info
+        # Upload-Length 0: complete at birth, so it finishes now, the one way all do.
+        with self._locked(info.id):
+            info = self._complete(info)
+        return self._after_finish(info)
 
     def _chosen_id(self, upload_id: str) -> str:
         if not protocol.UPLOAD_ID.fullmatch(upload_id):
@@ -189,50 +236,160 @@ class UploadService:
                 raise UploadExists()
         return upload_id
 
-    def _finished(self, info: UploadInfo) -> UploadInfo:
-        """An upload just completed: pre-finish shapes the response, post-finish follows."""
+    def _complete(self, info: UploadInfo) -> UploadInfo:
+        """The one way an upload finishes: every route into "complete" ends here, with
+        the upload's lock held and ``info`` read under it.
+
+        Exactly once, by a state in the registry: the transaction that records the last
+        byte (a PATCH, a reconcile, a declared length, a creation, an assembly) makes the
+        row COMPLETED with ``finished_at`` NULL, so the finish is due and survives a
+        crash. Then the sequence runs (store finish, pre-finish) and a compare-and-set
+        sets ``finished_at``; only the request that wins it emits post-finish (hooks,
+        webhook, the finish metric). A crash before the compare-and-set leaves the finish
+        due, and the next request to hold the lock (HEAD, PATCH, GET) or ``flask
+        cleanup`` runs it again: pre-finish and the store's finish are idempotent and
+        may run twice, post-finish never. Finals waiting on a partial are the caller's
+        to complete once the lock is released (``_after_finish``).
+        """
+        if not info.complete or info.finished_at is not None:
+            return info
         # Its bytes are final: a store keeping them in pieces (S3 parts) joins them now,
-        # before the hooks, so they find one whole object.
+        # before the hooks, so they find one whole object (deleting the pieces).
+        self._fence(info.id)
         self.store.finish(info.id)
         info = replace(info, finish_headers=self.hooks.pre_finish(info))
+        now = self.clock()
+        with self.sessions.begin() as session:
+            won = session.execute(
+                update(Upload)
+                .where(
+                    Upload.id == info.id,
+                    Upload.state == UploadState.COMPLETED,
+                    Upload.finished_at.is_(None),
+                )
+                .values(finished_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if cast("CursorResult[Any]", won).rowcount != 1:
+                # Another holder finished it meanwhile (a lost lock), or it is gone.
+                log.warning("upload %s: finished elsewhere meanwhile", info.id)
+                return replace(info, finished_at=now)
+        info = replace(info, finished_at=now, finished_now=True)
+        log.info("upload %s finished", info.id)
         self.hooks.emit("post-finish", info)
         return info
 
-    def create_final(self, partial_ids: list[str], metadata: dict[str, bytes | None]) -> UploadInfo:
+    def _complete_after_error(self, upload_id: str) -> UploadInfo | None:
+        """``_complete`` for a request that failed (lock held): a refused or cut body
+        may still have brought the upload to its length (a chunked body past it, kept up
+        to it; framing that broke off after the last byte; bytes a crash left unrecorded,
+        whose reconcile a refusal rolled back). Its own error is the answer, so a
+        failure here is logged, and the finish stays due for the next request."""
+        try:
+            with self.readers.begin() as session:
+                row = session.get(Upload, upload_id)
+                if row is None:
+                    return None
+                info = UploadInfo.of(row)
+                unrecorded = (
+                    row.state is UploadState.ACTIVE
+                    and not row.verifying
+                    and self.store.size(upload_id) not in (None, row.offset)
+                )
+            if unrecorded:
+                with self.sessions.begin() as session:
+                    info = UploadInfo.of(self._load(session, upload_id))
+            return self._complete(info)
+        except TusError:
+            return None  # lost its lock (the new holder finishes it), or expired meanwhile
+        except Exception:
+            log.exception("upload %s: finish failed; the next request resumes it", upload_id)
+            return None
+
+    def _after_finish(self, info: UploadInfo) -> UploadInfo:
+        """The rest of a finish, once the upload's lock is released: finals waiting on a
+        partial that just finished are assembled (each under its own lock; a final whose
+        assembly fails here is assembled by its next HEAD)."""
+        if info.finished_now and info.concat is Concat.PARTIAL:
+            self._complete_finals_of(info.id)
+        return info
+
+    def create_final(
+        self,
+        partial_ids: list[str],
+        metadata: dict[str, bytes | None],
+        *,
+        request: HookRequest | None = None,
+    ) -> UploadInfo:
         """Register a final upload made of ``partial_ids`` (concatenation).
 
+        A partial may be named several times, here and in other finals: no bytes are
+        copied (a final is read through its partials, see ``download``), so naming one
+        costs a row, not a copy. Every partial named must pass the authorize hook as a
+        GET of it, and the final the pre-create hook, like any creation.
         The partials may still be unfinished (concatenation-unfinished): the final
         completes when the last of them does.
         """
-        if len(set(partial_ids)) != len(partial_ids):
-            raise InvalidHeader("Upload-Concat names a partial upload twice")
-        with self.sessions.begin() as session:
-            lengths = [self._partial_length(session, partial_id) for partial_id in partial_ids]
-        length = sum(lengths)
+        partials = self.describe_many(partial_ids)
+        for partial_id in dict.fromkeys(partial_ids):
+            if partial_id not in partials:
+                raise UploadNotFound(f"partial upload {partial_id} not found")
+            if request is not None:
+                # Before anything but "unknown" is told of it: whose bytes a final
+                # may read is the hook's call, as for a download of the partial.
+                read = replace(
+                    request,
+                    method="GET",
+                    path=f"{request.path.rstrip('/')}/{partial_id}",
+                    upload_id=partial_id,
+                )
+                self.hooks.authorize(read, partials[partial_id])
+        length = sum(self._partial_length(partials[partial_id]) for partial_id in partial_ids)
         self._check_size(length)
+        changes = self.hooks.pre_create(request, length, metadata)
+        if changes.metadata is not None:
+            metadata = changes.metadata
         row = self._new_row(length, metadata, Concat.FINAL)
-        self._register(
-            row,
-            [
-                UploadPart(final_id=row.id, position=position, partial_id=partial_id)
-                for position, partial_id in enumerate(partial_ids)
-            ],
-        )
+        if changes.upload_id is not None:
+            row.id = self._chosen_id(changes.upload_id)
+        # Holds no bytes (they are the partials'), but a final has data like any upload:
+        # its lock, cleanup and terminate treat it as one.
+        self.store.create(row.id)
+        try:
+            with self.sessions.begin() as session:
+                for partial_id in sorted(set(partial_ids)):
+                    # Again, with each partial's row locked (PostgreSQL; SQLite's write
+                    # transactions are serial): a DELETE of one either came first (410
+                    # here) or finds this final naming it, and keeps its bytes.
+                    partial = session.get(Upload, partial_id, with_for_update=True)
+                    if partial is None:
+                        raise UploadNotFound(f"partial upload {partial_id} not found")
+                    self._partial_length(UploadInfo.of(partial))
+                session.add(row)
+                session.flush()  # the upload row before its parts (foreign key)
+                session.add_all(
+                    UploadPart(final_id=row.id, position=position, partial_id=partial_id)
+                    for position, partial_id in enumerate(partial_ids)
+                )
+        except BaseException:
+            self.store.delete(row.id)
+            raise
         log.info("final upload %s created from %d partials", row.id, len(partial_ids))
         self.hooks.emit("post-create", UploadInfo.of(row, tuple(partial_ids)))
         with self._locked(row.id):
             return self._assemble(row.id)
 
-    def _partial_length(self, session: Session, partial_id: str) -> int:
-        partial = session.get(Upload, partial_id)
-        if partial is None:
-            raise UploadNotFound(f"partial upload {partial_id} not found")
-        if partial.state in (UploadState.TERMINATED, UploadState.EXPIRED):
-            raise UploadGone(f"partial upload {partial_id} expired or terminated")
+    def _partial_length(self, partial: UploadInfo) -> int:
+        if partial.state in (UploadState.TERMINATED, UploadState.EXPIRED) or (
+            partial.state is UploadState.ACTIVE
+            and partial.expires_at is not None
+            and partial.expires_at <= self.clock()
+        ):
+            raise UploadGone(f"partial upload {partial.id} expired or terminated")
         if partial.concat is not Concat.PARTIAL:
-            raise InvalidHeader(f"upload {partial_id} is not a partial upload")
+            raise InvalidHeader(f"upload {partial.id} is not a partial upload")
         if partial.length is None:
-            raise InvalidHeader(f"partial upload {partial_id} has no length yet")
+            raise InvalidHeader(f"partial upload {partial.id} has no length yet")
         return partial.length
 
     def _check_size(self, length: int | None) -> None:
@@ -274,6 +431,26 @@ class UploadService:
 
     # -- reads ------------------------------------------------------------------------
 
+    def describe(self, upload_id: str) -> UploadInfo:
+        """The upload as the registry has it, tombstones included: what the authorize
+        hook decides on. A read only: no lock, no write, no store. An id this server
+        could not have made, or doesn't know, is ``UploadNotFound`` (404)."""
+        info = self.describe_many([upload_id]).get(upload_id)
+        if info is None:
+            raise UploadNotFound()
+        return info
+
+    def describe_many(self, upload_ids: Iterable[str]) -> dict[str, UploadInfo]:
+        """``describe`` for many ids at once (unknown ones are left out)."""
+        wanted = sorted({i for i in upload_ids if protocol.UPLOAD_ID.fullmatch(i)})
+        infos: dict[str, UploadInfo] = {}
+        with self.readers.begin() as session:
+            for start in range(0, len(wanted), _QUERY_BATCH):
+                batch = wanted[start : start + _QUERY_BATCH]
+                for row in session.scalars(select(Upload).where(Upload.id.in_(batch))):
+                    infos[row.id] = UploadInfo.of(row, self._parts(session, row))
+        return infos
+
     def info(self, upload_id: str) -> UploadInfo:
         """The upload as stored, reconciled with its data file under the lock."""
         with self._locked(upload_id):
@@ -282,11 +459,16 @@ class UploadService:
             with self.readers.begin() as session:
                 row = self._load(session, upload_id, reconcile=False)
                 info = UploadInfo.of(row, self._parts(session, row))
+            if info.concat is Concat.FINAL:
+                # Its bytes are its partials' (download): its own data holds none, so
+                # there is nothing to reconcile; a finish left due is resumed.
+                return self._complete(info) if info.complete else self._assemble(upload_id)
             size = self.store.size(upload_id)
             if row.verifying and size is not None and size > info.offset:
                 # Bytes of a checksummed PATCH that never got its verdict: dropped from
                 # the file first, so the file agrees with the row even if clearing the
                 # flag below fails.
+                self._fence(upload_id)
                 self.store.truncate(upload_id, info.offset)
                 size = info.offset
             if row.verifying or size != info.offset:
@@ -299,9 +481,9 @@ class UploadService:
                         raise
                     # A full disk refuses to clear the flag, but the answer stands: the
                     # next PATCH's transaction clears it before writing.
-            if info.concat is Concat.FINAL and not info.complete:
-                return self._assemble(upload_id)
-            return info
+            # A finish left due (a crash, a failed request) is resumed by the next look.
+            info = self._complete(info)
+        return self._after_finish(info)
 
     def download(self, upload_id: str) -> tuple[UploadInfo, BinaryIO]:
         """A completed upload and its bytes, opened for reading.
@@ -311,15 +493,46 @@ class UploadService:
         """
         if not protocol.UPLOAD_ID.fullmatch(upload_id):
             raise UploadNotFound()
-        with self.sessions.begin() as session:
+        with self.readers.begin() as session:
             row = self._load(session, upload_id, reconcile=False)
-            info = UploadInfo.of(row)
+            info = UploadInfo.of(row, self._parts(session, row))
+            lengths = self._lengths(session, info.parts)
         if not info.complete:
             raise UploadNotFound("upload not complete yet")
+        if info.finished_at is None:
+            # Finishing (its finish broke off): finish it first, so its bytes are whole
+            # and post-finish has run before anyone downloads it.
+            info = self.info(upload_id)
         try:
+            # A final made before finals stopped copying holds its bytes itself.
+            if info.concat is Concat.FINAL and self.store.size(upload_id) != info.length:
+                return info, self._open_parts(info.parts, lengths)
             return info, self.store.open(upload_id)
         except FileNotFoundError:
             raise UploadGone("upload data is missing") from None
+
+    @staticmethod
+    def _lengths(session: Session, upload_ids: Iterable[str]) -> dict[str, int]:
+        wanted = set(upload_ids)
+        if not wanted:
+            return {}
+        query = select(Upload.id, Upload.length).where(Upload.id.in_(wanted))
+        return {upload_id: length or 0 for upload_id, length in session.execute(query)}
+
+    def _open_parts(self, parts: tuple[str, ...], lengths: dict[str, int]) -> BinaryIO:
+        """A final's bytes: its partials', one after another, as one seekable file.
+        A partial named several times is opened once."""
+        files: dict[str, BinaryIO] = {}
+        try:
+            for partial_id in dict.fromkeys(parts):
+                if partial_id not in lengths:
+                    raise FileNotFoundError(partial_id)  # its row was purged
+                files[partial_id] = self.store.open(partial_id)
+        except BaseException:
+            for file in files.values():
+                file.close()
+            raise
+        return chained([(files[partial_id], lengths[partial_id]) for partial_id in parts])
 
     # -- writes -----------------------------------------------------------------------
 
@@ -343,68 +556,115 @@ class UploadService:
         Every byte that lands is recorded, whatever happens to the request; a checksum
         that doesn't match discards the whole body.
         """
+        settled: UploadInfo | None = None
+        try:
+            with self._locked(upload_id):
+                try:
+                    info = self._write(
+                        upload_id,
+                        offset,
+                        chunks,
+                        content_length=content_length,
+                        length=length,
+                        checksum=checksum,
+                        trailer=trailer,
+                    )
+                except LockLost:
+                    raise  # not ours to finish any more
+                except Exception:
+                    settled = self._complete_after_error(upload_id)
+                    raise
+                settled = self._complete(info)
+        finally:
+            # Once the lock is released, on success and on error alike.
+            if settled is not None:
+                self._after_finish(settled)
+        return settled
+
+    def _write(
+        self,
+        upload_id: str,
+        offset: int,
+        chunks: Iterable[bytes],
+        *,
+        content_length: int | None,
+        length: int | None,
+        checksum: protocol.Checksum | None,
+        trailer: Callable[[], str | None] | None,
+    ) -> UploadInfo:
+        """``append``'s work under the lock: check, write, record. The finish is not its
+        business: ``append`` runs ``_complete`` after it, whatever it raised."""
         verify = checksum is not None or trailer is not None
-        with self._locked(upload_id):
-            with self.sessions.begin() as session:
-                row = self._load(session, upload_id)
-                if row.concat is Concat.FINAL:
-                    raise Forbidden("a final upload is made by concatenation, not PATCH")
-                if row.offset != offset:
-                    raise OffsetMismatch(
-                        f"Upload-Offset {offset} does not match the upload's offset {row.offset}"
-                    )
-                if length is not None:
-                    self._declare_length(row, length)
-                if row.state is UploadState.COMPLETED and content_length:
-                    raise UploadTooLarge("the upload is already complete", offset=row.offset)
-                limit = (row.length if row.length is not None else self.limits.max_size) - offset
-                if content_length is not None and content_length > limit:
-                    raise UploadTooLarge(
-                        f"body of {content_length} bytes exceeds the {limit} bytes remaining"
-                    )
-                if length is not None:
-                    row.updated_at = self.clock()
-                    self._mark_complete_if_done(row)
-                row.verifying = verify
-                before = UploadInfo.of(row)
-            if before.complete:
-                # Declaring the length completed it, or it was complete already.
-                return self._finished(before) if length is not None else before
-            if checksum is not None:
-                algorithms: Iterable[str] = (checksum.algorithm,)
-            else:
-                algorithms = protocol.CHECKSUM_ALGORITHMS if trailer is not None else ()
-            guard = _BodyGuard(limit, algorithms)
-            try:
-                self.store.append(upload_id, offset, guard.wrap(chunks))
-                if trailer is not None and checksum is None:
-                    checksum = protocol.parse_checksum(trailer())
-                    if checksum is None:
-                        raise InvalidHeader("the announced Upload-Checksum trailer never came")
-            except TusError as error:
-                info = self._record_write(upload_id, offset, verified=not verify)
-                error.offset = info.offset
-                raise
-            except BaseException:
-                self._record_write(upload_id, offset, verified=not verify)
-                raise
-            if not guard.matches(checksum):
-                info = self._record_write(upload_id, offset, verified=False)
-                if guard.overflow:
-                    raise UploadTooLarge("body exceeds Upload-Length", offset=info.offset)
-                raise ChecksumMismatch(offset=info.offset)
-            info = self._record_write(upload_id, offset, verified=True)
-            if content_length is not None and guard.received < content_length:
-                # The body ended before Content-Length: the client went away. What came
-                # is stored and recorded; tell it (if it still listens) where to resume.
-                raise BodyIncomplete(offset=info.offset)
+        with self.sessions.begin() as session:
+            row = self._load(session, upload_id)
+            if row.concat is Concat.FINAL:
+                raise Forbidden("a final upload is made by concatenation, not PATCH")
+            if row.offset != offset:
+                raise OffsetMismatch(
+                    f"Upload-Offset {offset} does not match the upload's offset {row.offset}"
+                )
+            if length is not None:
+                self._declare_length(row, length)
+            if row.state is UploadState.COMPLETED and content_length:
+                raise UploadTooLarge("the upload is already complete", offset=row.offset)
+            limit = (row.length if row.length is not None else self.limits.max_size) - offset
+            if content_length is not None and content_length > limit:
+                raise UploadTooLarge(
+                    f"body of {content_length} bytes exceeds the {limit} bytes remaining"
+                )
+            if length is not None:
+                row.updated_at = self.clock()
+                self._mark_complete_if_done(row)
+            row.verifying = verify
+            before = UploadInfo.of(row)
+        if before.complete:
+            # Declaring the length completed it, or it was complete already.
+            return before
+        if checksum is not None:
+            algorithms: Iterable[str] = (checksum.algorithm,)
+        else:
+            algorithms = protocol.CHECKSUM_ALGORITHMS if trailer is not None else ()
+        guard = _BodyGuard(limit, algorithms)
+        # Still ours? An S3 append begins by deleting stale segments.
+        self._fence(upload_id)
+        try:
+            self.store.append(upload_id, offset, guard.wrap(chunks))
+            if trailer is not None and checksum is None:
+                checksum = protocol.parse_checksum(trailer())
+                if checksum is None:
+                    raise InvalidHeader("the announced Upload-Checksum trailer never came")
+        except TusError as error:
+            info = self._record_write(upload_id, offset, verified=not verify)
+            error.offset = info.offset
+            raise
+        except OSError as error:
+            # The disk failed (EIO, or ENOSPC at write-back): what is durable is recorded,
+            # and the client resumes from there.
+            durable = error.durable if isinstance(error, NotDurable) else None
+            info = self._record_write(upload_id, offset, verified=not verify, durable=durable)
+            cause = error.__cause__ if isinstance(error, NotDurable) else error
+            log.error(
+                "upload %s: storage failed (%s); kept %d bytes", upload_id, error, info.offset
+            )
+            if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(offset=info.offset) from error
+            raise StorageFailed(offset=info.offset) from error
+        except BaseException:
+            self._record_write(upload_id, offset, verified=not verify)
+            raise
+        if not guard.matches(checksum):
+            info = self._record_write(upload_id, offset, verified=False)
             if guard.overflow:
-                raise UploadTooLarge("body passes Upload-Length; kept up to it", offset=info.offset)
-        if not info.complete:
-            return info
-        if info.concat is Concat.PARTIAL:
-            self._complete_finals_of(upload_id)
-        return self._finished(info)
+                raise UploadTooLarge("body exceeds Upload-Length", offset=info.offset)
+            raise ChecksumMismatch(offset=info.offset)
+        info = self._record_write(upload_id, offset, verified=True)
+        if content_length is not None and guard.received < content_length:
+            # The body ended before Content-Length: the client went away. What came
+            # is stored and recorded; tell it (if it still listens) where to resume.
+            raise BodyIncomplete(offset=info.offset)
+        if guard.overflow:
+            raise UploadTooLarge("body passes Upload-Length; kept up to it", offset=info.offset)
+        return info
 
     def terminate(self, upload_id: str) -> None:
         """Delete the upload's data; its row stays as a tombstone answering 410."""
@@ -414,11 +674,31 @@ class UploadService:
                 row.state = UploadState.TERMINATED
                 row.expires_at = None
                 row.updated_at = self.clock()
+                # The tombstone first (on PostgreSQL, this takes the row lock a final
+                # being created holds), then the question: either that final committed
+                # and is seen naming this partial, or it will find the tombstone.
+                session.flush()
+                # A live final reads its bytes through this partial's: they stay (the
+                # URL answers 410 all the same); cleanup removes them once unnamed.
+                keep = row.concat is Concat.PARTIAL and partial_in_use(session, upload_id)
                 info = UploadInfo.of(row)
-            self.store.delete(upload_id)
+            if not keep:
+                # Lost, it is left to cleanup's orphan sweep: the row says it is dead.
+                self._fence(upload_id)
+                self.store.delete(upload_id)
             self.locker.forget(upload_id)
         log.info("upload %s terminated", upload_id)
         self.hooks.emit("post-terminate", info)
+
+    def resume_finish(self, upload_id: str) -> bool:
+        """Run a finish left due (for ``flask cleanup``); whether this call ran it.
+        Waits for no lock (``UploadLocked``): a busy upload's holder finishes it."""
+        with self.locker.hold(upload_id, timeout=0):
+            with self.sessions.begin() as session:
+                info = UploadInfo.of(self._load(session, upload_id, reconcile=False))
+            info = self._complete(info)
+        self._after_finish(info)
+        return info.finished_now
 
     # -- internals --------------------------------------------------------------------
 
@@ -433,26 +713,32 @@ class UploadService:
         return tuple(session.scalars(query))
 
     def _assemble(self, final_id: str) -> UploadInfo:
-        """Complete a final upload once all its partials are complete (lock held)."""
-        with self.sessions.begin() as session:
+        """Complete a final upload once all its partials are complete (lock held).
+
+        Nothing is copied: the final is read through its partials' bytes (download),
+        which stay while it lives (terminate, cleanup). So a DELETE of a partial racing
+        this is harmless: the partial's bytes are kept for the final either way.
+        """
+        with self.readers.begin() as session:
             row = self._load(session, final_id, reconcile=False)
             parts = self._parts(session, row)
             info = UploadInfo.of(row, parts)
-            if info.complete:
-                return info
-            for partial_id in parts:
-                partial = session.get(Upload, partial_id)
-                if partial is None or partial.state is not UploadState.COMPLETED:
-                    return info
-        # The copy runs outside any transaction; the final's lock keeps it ours.
-        self.store.compose(final_id, parts)
+            if not info.complete:
+                query = select(Upload).where(Upload.id.in_(set(parts)))
+                ready = {p.id for p in session.scalars(query) if _holds_its_bytes(p)}
+        if info.complete:
+            return self._complete(info)  # a finish left due
+        if not ready.issuperset(parts):
+            return info
+        # Recording it is a write: only while the lock is still ours.
+        self._fence(final_id)
         with self.sessions.begin() as session:
             row = self._load(session, final_id, reconcile=False)
             row.offset = row.length or 0
             row.updated_at = self.clock()
             self._mark_complete_if_done(row)
             info = UploadInfo.of(row, parts)
-        return self._finished(info)
+        return self._complete(info)
 
     def _complete_finals_of(self, partial_id: str) -> None:
         with self.sessions.begin() as session:
@@ -472,8 +758,9 @@ class UploadService:
             raise UploadNotFound()
         if self.store.size(upload_id) is None:
             # No data: an unknown id, a tombstone or lost data. Nothing to protect, so
-            # no lock (and no lock file for every id a stranger makes up).
-            with self.sessions.begin() as session:
+            # no lock (and no lock file for every id a stranger makes up), and only a
+            # read: a stranger's made-up ids never queue behind (or block) a writer.
+            with self.readers.begin() as session:
                 self._load(session, upload_id, reconcile=False)
             raise UploadGone("upload data is missing")
         return self.locker.hold(upload_id, timeout=self.limits.lock_timeout)
@@ -497,6 +784,8 @@ class UploadService:
         Called under the lock. The file is the truth for bytes that landed, except bytes
         of a checksummed PATCH that never got its verdict: those are dropped.
         """
+        if row.concat is Concat.FINAL:
+            return  # its bytes are its partials': its own data is empty by design
         size = self.store.size(row.id)
         if size is None:
             raise UploadGone("upload data is missing")
@@ -513,6 +802,15 @@ class UploadService:
         log.warning("upload %s: registry had %d bytes, file %d; fixed", row.id, row.offset, size)
         row.offset = size
         self._mark_complete_if_done(row)
+
+    def _fence(self, upload_id: str) -> None:
+        """Before recording or deleting what the upload's lock protects: is it still
+        ours? A lost lock (PostgreSQL's dies with its connection) means another host
+        may be writing this upload now. This narrows the window to one round trip; it
+        can't close it (the store knows nothing of locks)."""
+        if not self.locker.still_held(upload_id):
+            log.error("upload %s: its lock was lost mid-request; stopping", upload_id)
+            raise LockLost()
 
     def _declare_length(self, row: Upload, length: int) -> None:
         if row.length is not None:
@@ -535,18 +833,36 @@ class UploadService:
         else:
             row.expires_at = now + self.limits.expire_after
 
-    def _record_write(self, upload_id: str, start: int, *, verified: bool) -> UploadInfo:
-        """Record what a write left in the store (a short transaction of its own)."""
+    def _record_write(
+        self, upload_id: str, start: int, *, verified: bool, durable: int | None = None
+    ) -> UploadInfo:
+        """Record what a write left in the store (a short transaction of its own).
+
+        ``durable``: the store could not make all of it durable (``NotDurable``), only
+        this many bytes count, whatever the file's size says."""
+        # A holder that lost the lock records nothing and deletes nothing: the new
+        # holder reconciles the row with what the store has.
+        self._fence(upload_id)
         if not verified:
             self.store.truncate(upload_id, start)
         size = self.store.size(upload_id)
+        stored = start if size is None else size
+        doubtful = False
+        if durable is not None and stored > durable:
+            stored = durable
+            try:
+                self.store.truncate(upload_id, durable)
+            except OSError:
+                # The disk refuses even that: the row says what counts, and the flag
+                # makes the reconcile drop the rest rather than count it.
+                doubtful = True
         try:
             with self.sessions.begin() as session:
                 row = session.get(Upload, upload_id)
                 if row is None:
                     raise UploadNotFound()
-                row.offset = start if size is None else size
-                row.verifying = False
+                row.offset = stored
+                row.verifying = doubtful
                 row.updated_at = self.clock()
                 self._mark_complete_if_done(row)
                 return UploadInfo.of(row)

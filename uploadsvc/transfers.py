@@ -2,6 +2,9 @@
 
 A PATCH ends early, keeping every byte it got, when:
 - its client sent nothing for ``read_timeout`` seconds (gone without closing);
+- its client sent fewer than ``min_rate`` bytes/s over a ``rate_window`` (after the
+  first ``rate_grace`` seconds): a body trickled a byte at a time must not hold a
+  thread for hours (README "Slow clients");
 - another request waits for the upload's lock and this body has stalled for
   ``stall_grace`` seconds: a half-open connection must not hold an upload hostage,
   while a client that is still sending keeps its upload;
@@ -9,8 +12,14 @@ A PATCH ends early, keeping every byte it got, when:
 
 Ending a body means calling its ``stop`` callable, which (under gunicorn) shuts the
 socket's read side: the blocked read returns end-of-file, the body reader raises
-``BodyIncomplete``, and the service records what landed and releases the lock. The
-watcher thread starts with the first tracked body, so nothing runs at import time.
+``BodyIncomplete``, and ``track`` turns that into the reason's answer (``ANSWERS``: a
+503 with Retry-After, which the clients we ship retry), so the service records what
+landed, releases the lock and the client resumes. The watcher thread starts with the
+first tracked body, so nothing runs at import time.
+
+"Silent" means the body reader is waiting on the client: time the server spends on a
+block it already has (an S3 part upload, a slow write) is the server's, never the
+client's, and neither the read timeout nor a takeover counts it.
 """
 
 from __future__ import annotations
@@ -19,9 +28,10 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 
+from .errors import BodyCut, BodyIncomplete
 from .locking import Locker
 
 log = logging.getLogger(__name__)
@@ -32,12 +42,52 @@ DEFAULT_STALL_GRACE = 1.0
 WATCH_INTERVAL = 0.1
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What a client is told when the server ended its body for one reason."""
+
+    message: str
+    retry_after: int  # seconds
+
+    def error(self) -> BodyCut:
+        return BodyCut(self.message, retry_after=self.retry_after)
+
+
+#: Why the server ends a body (the ``kind`` also labels the stopped-bodies metric) and
+#: what the client gets: every row is a 503 with Retry-After and the kept offset, an
+#: answer the CLI and tus-js-client retry. A new reason to stop is a new row here.
+ANSWERS: dict[str, Answer] = {
+    # A graceful stop or reload: on SIGHUP the new workers are already accepting.
+    "shutdown": Answer("the server is restarting; resume from Upload-Offset", 1),
+    "read_timeout": Answer("no body bytes came for too long; resume from Upload-Offset", 1),
+    # The stale holder's client is usually gone; if it is not, it resumes behind the
+    # request that took over (which it may be itself, retrying on a new connection).
+    "takeover": Answer("another request took this upload over; resume from Upload-Offset", 1),
+    # A body trickled below UPLOADSVC_MIN_RATE: an honest client on a bad link resumes
+    # and gets a fresh grace; a slowloris only gets to hold a thread for a window.
+    "too_slow": Answer("the body came too slowly; resume from Upload-Offset", 5),
+}
+
+
 @dataclass(eq=False)
 class _Transfer:
     upload_id: str
     stop: Callable[[], None]
-    last_progress: float
+    # When the body reader began waiting on the client; None while the server works on
+    # the block it got (that time is never the client's silence).
+    waiting_since: float | None
+    kind: str | None = field(default=None)  # a key of ANSWERS once stopped
     stopped: str | None = field(default=None)
+    # The minimum rate's window: bytes received in all, and at the window's start
+    # (None until the grace is over).
+    received: int = 0
+    window_start: float = 0.0
+    window_bytes: int | None = None
+    # Set when the body's reading ends, under ``guard``: the watcher stops a transfer
+    # only under the same lock and only before then, so a stop never reaches a
+    # connection that has moved on to its next request.
+    ended: bool = field(default=False)
+    guard: threading.Lock = field(default_factory=threading.Lock)
 
 
 class TransferMonitor:
@@ -51,6 +101,9 @@ class TransferMonitor:
         clock: Callable[[], float] = time.monotonic,
         on_bytes: Callable[[int], None] = lambda count: None,
         on_stop: Callable[[str], None] = lambda kind: None,
+        min_rate: int = 0,
+        rate_window: float = 20.0,
+        rate_grace: float = 10.0,
     ) -> None:
         self.locker = locker
         self.read_timeout = read_timeout
@@ -59,6 +112,9 @@ class TransferMonitor:
         self.clock = clock
         self.on_bytes = on_bytes
         self.on_stop = on_stop
+        self.min_rate = min_rate  # bytes/s; 0: no minimum
+        self.rate_window = rate_window
+        self.rate_grace = rate_grace
         self._active: set[_Transfer] = set()
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -70,17 +126,32 @@ class TransferMonitor:
 
     def track(
         self, upload_id: str, chunks: Iterable[bytes], stop: Callable[[], None]
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes]:
         """Yield ``chunks``, watched from the first read (the lock is held by then)
         until the body ends."""
-        transfer = _Transfer(upload_id, stop, self.clock())
+        started = self.clock()
+        transfer = _Transfer(upload_id, stop, started, window_start=started + self.rate_grace)
         self._add(transfer)
+        blocks = iter(chunks)
         try:
-            for chunk in chunks:
-                transfer.last_progress = self.clock()
+            while True:
+                transfer.waiting_since = self.clock()
+                try:
+                    chunk = next(blocks)
+                except StopIteration:
+                    return
+                except BodyIncomplete as error:
+                    if transfer.kind is not None:  # we ended it: the client may go on
+                        raise ANSWERS[transfer.kind].error() from error
+                    raise
+                finally:
+                    transfer.waiting_since = None
+                transfer.received += len(chunk)
                 self.on_bytes(len(chunk))
                 yield chunk
         finally:
+            with transfer.guard:
+                transfer.ended = True
             with self._guard:
                 self._active.discard(transfer)
             if transfer.stopped:
@@ -103,18 +174,42 @@ class TransferMonitor:
             for transfer in active:
                 kind, reason = self._reason_to_stop(transfer)
                 if reason and not transfer.stopped:
-                    transfer.stopped = reason
+                    with transfer.guard:
+                        if transfer.ended:
+                            continue
+                        transfer.kind = kind
+                        transfer.stopped = reason
+                        with contextlib.suppress(OSError):  # the connection is already gone
+                            transfer.stop()
                     self.on_stop(kind)
-                    with contextlib.suppress(OSError):  # the connection is already gone
-                        transfer.stop()
 
     def _reason_to_stop(self, transfer: _Transfer) -> tuple[str, str | None]:
         """(kind, reason): why the transfer must stop, or a None reason."""
         if self._shutting_down():
             return "shutdown", "server shutting down"
-        idle = self.clock() - transfer.last_progress
+        waiting_since = transfer.waiting_since
+        idle = 0.0 if waiting_since is None else self.clock() - waiting_since
         if idle >= self.read_timeout:
             return "read_timeout", f"no bytes for {self.read_timeout:g} s"
         if idle >= self.stall_grace and self.locker.release_requested(transfer.upload_id):
             return "takeover", "stalled, and another request wants the upload"
+        if self.min_rate and self._too_slow(transfer):
+            return "too_slow", f"slower than {self.min_rate} B/s over {self.rate_window:g} s"
         return "", None
+
+    def _too_slow(self, transfer: _Transfer) -> bool:
+        """Whether the window that just ended got fewer than ``min_rate`` bytes/s; then
+        the next window starts. Called by the watcher thread only."""
+        now = self.clock()
+        if now < transfer.window_start:
+            return False
+        if transfer.window_bytes is None:  # the grace just ended: the first window starts
+            transfer.window_start, transfer.window_bytes = now, transfer.received
+            return False
+        elapsed = now - transfer.window_start
+        if elapsed < self.rate_window:
+            return False
+        if transfer.received - transfer.window_bytes < self.min_rate * self.rate_window:
+            return True
+        transfer.window_start, transfer.window_bytes = now, transfer.received
+        return False

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 from collections.abc import Callable, Iterable
 from typing import BinaryIO, cast
 
 from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
-from . import body, cors, db, downloads, protocol
+from . import body, connection, cors, db, downloads, protocol
+from .clientslots import ClientSlots
 from .config import Settings
 from .errors import (
     InsufficientStorage,
@@ -42,6 +44,10 @@ EXTENSIONS = (
     "concatenation",
     "concatenation-unfinished",
 )
+# Request trailers reach uploadsvc only when clients talk to gunicorn directly: proxies
+# (nginx, as deploy/ ships it) drop them, so behind one (UPLOADSVC_PROXY_HOPS > 0) a
+# client that believed the advertisement would send whole bodies that can only fail.
+NEEDS_DIRECT_CLIENTS = frozenset({"checksum-trailer"})
 # Requests a browser makes without tus headers: preflights and plain downloads.
 NO_TUS_HEADER_METHODS = frozenset({"OPTIONS", "GET"})
 
@@ -60,7 +66,35 @@ def require_tus_version() -> None:
     if request.method not in NO_TUS_HEADER_METHODS:
         protocol.require_tus_resumable(request.headers.get("Tus-Resumable"))
     if request.method != "OPTIONS":
-        service().hooks.authorize(hook_request())
+        authorize()
+
+
+def authorize() -> None:
+    """The authorize hook, for every method on every route, with the upload the request
+    is about (None for a creation). An id the registry doesn't know is a 404 before the
+    hook runs (there is nothing to decide on); for any known one, tombstones included,
+    the hook decides before any other answer tells anything about it. A read only."""
+    svc = service()
+    if not svc.hooks.authorizes:
+        return
+    upload_id = (request.view_args or {}).get("upload_id")
+    upload = None
+    if upload_id is not None and svc.hooks.authorize_needs_upload:
+        upload = svc.describe(upload_id)
+    svc.hooks.authorize(hook_request(), upload)
+
+
+@bp.before_request
+def require_usable_host() -> None:
+    # Location and Upload-Concat URLs are made from the Host the client sent. One that
+    # can't make a URL (characters Werkzeug drops, an IDNA label that won't decode) is
+    # the client's mistake: 400, not a 500 or a Location without a host.
+    try:
+        usable = all((request.host, request.url, url_for("tus.create", _external=True)))
+    except (UnicodeError, ValueError):
+        usable = False
+    if not usable:
+        raise InvalidHeader("Host is missing or not a valid host[:port]")
 
 
 def hook_request() -> HookRequest:
@@ -79,7 +113,10 @@ def hook_request() -> HookRequest:
 def options(upload_id: str | None = None) -> Response:
     response = _empty(204)
     response.headers["Tus-Version"] = protocol.TUS_VERSION
-    response.headers["Tus-Extension"] = ",".join(EXTENSIONS)
+    direct = not settings().proxy_hops
+    response.headers["Tus-Extension"] = ",".join(
+        name for name in EXTENSIONS if direct or name not in NEEDS_DIRECT_CLIENTS
+    )
     response.headers["Tus-Max-Size"] = str(service().limits.max_size)
     response.headers["Tus-Checksum-Algorithm"] = ",".join(protocol.CHECKSUM_ALGORITHMS)
     return response
@@ -94,7 +131,9 @@ def create() -> Response:
     if concat is not None and concat.final:
         if "Upload-Length" in headers or "Upload-Defer-Length" in headers:
             raise InvalidHeader("a final upload's length is computed: send no Upload-Length")
-        info = svc.create_final([_partial_id(url) for url in concat.urls], metadata)
+        info = svc.create_final(
+            [_partial_id(url) for url in concat.urls], metadata, request=hook_request()
+        )
         return _created(info)
     length = protocol.parse_creation_length(
         headers.get("Upload-Length"), headers.get("Upload-Defer-Length")
@@ -102,6 +141,8 @@ def create() -> Response:
     # creation-with-upload: the content type says so, even for an empty body.
     with_upload = protocol.is_offset_content_type(headers.get("Content-Type"))
     checksum = protocol.parse_checksum(headers.get("Upload-Checksum")) if with_upload else None
+    if with_upload and checksum is None:
+        _announced_trailer()  # refused before the upload is made
     first_part = body.content_length(request.environ) if with_upload else None
     if length is not None and first_part is not None and first_part > length:
         raise UploadTooLarge("the body is longer than Upload-Length")
@@ -143,6 +184,9 @@ def head(upload_id: str) -> Response:
 
 @bp.route("/<upload_id>", methods=["GET"])
 def download(upload_id: str) -> ResponseBase:
+    if not honoured_range(request.headers.get("Range")):
+        # Ignored, as if never sent (RFC 9110): Werkzeug would answer 416.
+        request.environ.pop("HTTP_RANGE", None)
     info, file = service().download(upload_id)
     metadata = protocol.parse_metadata(info.metadata)
     mimetype, inline = downloads.content_type(metadata.get("filetype"))
@@ -164,6 +208,17 @@ def download(upload_id: str) -> ResponseBase:
     except HTTPException:
         file.close()
         raise
+
+
+def honoured_range(value: str | None) -> bool:
+    """Whether a ``Range`` header is one range of bytes, the only kind served (206, or
+    416 when it lies past the end). RFC 9110 section 14.2: a server ignores a Range it
+    doesn't understand, so a malformed one, another unit or several ranges get the
+    whole body (200), not 416."""
+    if value is None:
+        return False
+    parsed = parse_range_header(value)
+    return parsed is not None and parsed.units.lower() == "bytes" and len(parsed.ranges) == 1
 
 
 def _file_body(file: BinaryIO) -> Iterable[bytes]:
@@ -205,39 +260,58 @@ def _append(
     length: int | None = None,
 ) -> UploadInfo:
     monitor = cast(TransferMonitor, current_app.extensions["uploadsvc.transfers"])
+    slots = cast(ClientSlots, current_app.extensions["uploadsvc.client_slots"])
     trailers: dict[str, str] = {}
     chunks = monitor.track(
         upload_id, body.read_body(request.environ, trailers=trailers), _stopper()
     )
-    return svc.append(
-        upload_id,
-        offset,
-        chunks,
-        trailer=_checksum_trailer(trailers) if checksum is None else None,
-        content_length=body.content_length(request.environ),
-        length=length,
-        checksum=checksum,
-    )
+    # The body holds this worker's thread until it ends: one address gets so many.
+    # Closed here, not whenever the garbage collector gets to it: until then the
+    # monitor watches the body and may stop it after its request has ended.
+    with slots.hold(request.remote_addr), contextlib.closing(chunks):
+        return svc.append(
+            upload_id,
+            offset,
+            chunks,
+            trailer=_checksum_trailer(trailers) if checksum is None else None,
+            content_length=body.content_length(request.environ),
+            length=length,
+            checksum=checksum,
+        )
 
 
 def _checksum_trailer(trailers: dict[str, str]) -> Callable[[], str | None] | None:
     """checksum-trailer: a chunked body announcing ``Trailer: Upload-Checksum`` is
     hashed as it streams and checked against the trailer's value at its end."""
-    announced = request.headers.get("Trailer", "").lower().replace(" ", "").split(",")
-    if "upload-checksum" not in announced:
+    if not _announced_trailer():
         return None
     if not body.trailers_supported(request.environ):
         raise InvalidHeader("Upload-Checksum as a trailer needs a chunked body")
     return lambda: trailers.get("upload-checksum")
 
 
+def _announced_trailer() -> bool:
+    """Whether the request announces ``Trailer: Upload-Checksum``; behind a proxy, which
+    drops trailers, that is refused before a byte of the body is read."""
+    announced = request.headers.get("Trailer", "").lower().replace(" ", "").split(",")
+    if "upload-checksum" not in announced:
+        return False
+    if settings().proxy_hops:
+        raise InvalidHeader(
+            "checksum-trailer is not offered behind a proxy (proxies drop request"
+            " trailers): send Upload-Checksum as a header"
+        )
+    return True
+
+
 def _stopper() -> Callable[[], None]:
     """How to end this request's body early: shut the socket's read side, so the
-    blocked read sees end-of-file. Without a socket (other servers) it can't be done."""
-    sock = request.environ.get("gunicorn.socket")
-    if not isinstance(sock, socket.socket):
+    blocked read sees end-of-file, and never once the response has begun (see
+    connection.py). Without gunicorn's socket it can't be done."""
+    conn = request.environ.get(connection.ENVIRON_KEY)
+    if not isinstance(conn, connection.RequestConnection):
         return lambda: None
-    return lambda: sock.shutdown(socket.SHUT_RD)
+    return conn.end_body_early
 
 
 def _location(upload_id: str) -> str:
@@ -267,12 +341,14 @@ def _upload_response(info: UploadInfo, status: int) -> Response:
 def _created(info: UploadInfo) -> Response:
     response = _upload_response(info, 201)
     response.headers["Location"] = _location(info.id)
+    # A creation that completed it (Upload-Length 0, a final made at once) finished it.
+    response.headers.update(info.finish_headers)
     return response
 
 
 @bp.app_errorhandler(TusError)
 def tus_error(error: TusError) -> Response:
-    if error.status >= 500:
+    if error.status >= 500 and error.retry_after is None:
         log.error("%s %s: %s", request.method, request.path, error.message)
     else:
         log.info("%s %s: %d %s", request.method, request.path, error.status, error.message)
@@ -304,6 +380,8 @@ def _error_response(error: TusError) -> Response:
         response.headers["Tus-Version"] = protocol.TUS_VERSION
     if error.offset is not None:
         response.headers["Upload-Offset"] = str(error.offset)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
     if body.has_body(request.environ):
         # The body may be unread (a refusal before streaming): close rather than make
         # the server drain gigabytes to keep the connection alive.
@@ -311,8 +389,20 @@ def _error_response(error: TusError) -> Response:
     return response
 
 
+def _is_tus_path(path: str) -> bool:
+    """Whether a path is under the tus endpoints, matched route or not (a 404 or 405
+    there is a tus answer too, and a browser client must be able to read it)."""
+    prefix = bp.url_prefix or ""
+    return path == prefix or path.startswith(prefix + "/")
+
+
 @bp.after_app_request
 def add_common_headers(response: ResponseBase) -> ResponseBase:
+    # Only the tus endpoints speak tus, and only they are for other origins: CORS on
+    # /metrics or /api/uploads (capability URLs) would let any web page read them
+    # through a visitor's browser.
+    if not _is_tus_path(request.path):
+        return response
     response.headers["Tus-Resumable"] = protocol.TUS_VERSION
     response.headers.update(
         cors.cors_headers(

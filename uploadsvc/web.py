@@ -6,7 +6,7 @@ with tus-js-client (``static/tus.min.js``, copied from npm by ``make install``) 
 
 The list shows a person only the uploads the ``authorize`` hook would let them
 download: each one is checked as a ``GET /files/<id>`` carrying the listing request's
-headers, and refused ones are left out.
+headers, with its ``UploadInfo`` (a hook that takes one), and refused ones are left out.
 """
 
 from __future__ import annotations
@@ -77,15 +77,39 @@ def page() -> Response:
 
 @bp.route("/api/uploads", methods=["GET"])
 def uploads() -> ResponseBase:
-    """``{"uploads": [{id, filename, filetype, size, completed_at, url}]}``, newest first;
-    ``?limit=`` (default 50, at most 200). ``url`` is relative to the page."""
+    """``{"uploads": [{id, filename, filetype, size, completed_at, url}], "next": ...}``,
+    newest first; ``?limit=`` (default 50, at most 200). ``url`` is relative to the page.
+    ``next`` is null on the last page, else the ``?before=`` value of the next page."""
     limit = min(max(request.args.get("limit", DEFAULT_LIMIT, type=int) or 1, 1), MAX_LIMIT)
+    before = None
+    if "before" in request.args:
+        try:
+            before = listing.parse_cursor(request.args["before"])
+        except (ValueError, OverflowError):
+            response = jsonify({"error": "before: not a cursor from this list's 'next'"})
+            response.status_code = 400
+            return response
     service = _service()
     headers = dict(request.headers)
     shown: list[dict[str, Any]] = []
-    for upload in listing.recent_completed(service.sessions):
+    candidates = list(listing.recent_completed(service.readers, before=before))
+    # The hook decides on each upload as for its download, so it is given each one.
+    infos = (
+        service.describe_many(upload.id for upload in candidates)
+        if service.hooks.authorize_needs_upload
+        else {}
+    )
+    # The next page starts after the last row looked at, shown or not: one page reads
+    # at most listing.MAX_SCAN rows however many the authorize hook leaves out.
+    scanned = 0
+    last: listing.CompletedUpload | None = None
+    for upload in candidates:
         if len(shown) >= limit:
             break
+        scanned += 1
+        last = upload
+        if service.hooks.authorize_needs_upload and upload.id not in infos:
+            continue  # gone since it was listed
         try:
             service.hooks.authorize(
                 HookRequest(
@@ -94,7 +118,8 @@ def uploads() -> ResponseBase:
                     upload_id=upload.id,
                     headers=headers,
                     remote_addr=request.remote_addr,
-                )
+                ),
+                infos.get(upload.id),
             )
         except TusError:
             continue  # not theirs to see
@@ -108,6 +133,9 @@ def uploads() -> ResponseBase:
                 "url": f"files/{upload.id}",
             }
         )
-    response = jsonify({"uploads": shown})
+    more = len(shown) >= limit or scanned >= listing.MAX_SCAN
+    response = jsonify(
+        {"uploads": shown, "next": listing.cursor(last) if more and last is not None else None}
+    )
     response.headers["Cache-Control"] = "no-store"
     return response

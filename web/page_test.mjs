@@ -6,7 +6,9 @@
 //   spec: executablePath, userDataDir, pageUrl, files (paths; files[0] is the big one
 //         the steps act on), screenshotDir, timeoutSeconds, mode ("full" | "simple"),
 //         throttle (upload bytes/s while pausing and reloading), pauseAt, reloadAt
-//         (percent of files[0])
+//         (percent of files[0]); mode "signal" uploads files[0] throttled and, at
+//         signal.atPercent, sends signal.name to signal.pid (a gunicorn reload), then
+//         waits for the page to finish on its own
 //
 // The last stdout line is the JSON result ({"ok": true|false, ...}); exit status 0 iff ok.
 // The system's Chromium only: never `playwright install`.
@@ -36,6 +38,7 @@ const observed = {
   pageErrors: [],
   failedRequests: [], // {method, url, error}
   requests: [], // tus requests the page made: {phase, method, url, offset}
+  answers: [], // their responses: {method, status}
   screenshots: [],
 }
 let phase = 'first visit'
@@ -148,6 +151,18 @@ async function fullRun(page, cdp) {
   return { url, paused, pausedLater, beforeResume, resumedFrom, unfinishedText, link, others }
 }
 
+async function signalRun(page, cdp) {
+  // Nobody touches the page after picking the file: it must get through the signal.
+  await throttle(cdp, spec.throttle)
+  await page.setInputFiles('#file', spec.files[0])
+  await waitForPercent(page, BIG, spec.signal.atPercent)
+  process.kill(spec.signal.pid, spec.signal.name)
+  await waitForStatus(page, BIG, 'done')
+  const url = await page.locator(row(BIG)).getAttribute('data-url')
+  await screenshot(page, 'done.png')
+  return { url, signalled: true }
+}
+
 async function simpleRun(page) {
   await page.setInputFiles('#file', spec.files)
   for (const file of spec.files) await waitForStatus(page, path.basename(file), 'done')
@@ -187,12 +202,17 @@ async function main() {
         offset: req.headers()['upload-offset'] ?? null,
       })
     })
+    page.on('response', (res) => {
+      if (!new URL(res.url()).pathname.includes('/files/')) return
+      observed.answers.push({ method: res.request().method(), status: res.status() })
+    })
     await page.goto(spec.pageUrl, { waitUntil: 'load' })
     const ready = await page.evaluate(() => typeof tus !== 'undefined' && tus.isSupported)
     if (!ready) throw new Error('tus-js-client did not load in the page')
     const cdp = await context.newCDPSession(page)
     await cdp.send('Network.enable')
-    const result = spec.mode === 'simple' ? await simpleRun(page) : await fullRun(page, cdp)
+    const runs = { simple: () => simpleRun(page), signal: () => signalRun(page, cdp) }
+    const result = await (runs[spec.mode] ?? (() => fullRun(page, cdp)))()
     return { ok: true, ...result }
   } catch (err) {
     const pages = context.pages()

@@ -55,3 +55,10 @@ class BrokenAuth:
 class BrokenCreate:
     def pre_create(self, *args: object) -> None:
         raise RuntimeError("pre_create is broken")
+
+
+class UnparsableMetadata:
+    """Stores metadata the Upload-Metadata header can't carry (a key with a space)."""
+
+    def pre_create(self, *args: object) -> CreateChanges:
+        return CreateChanges(metadata={"file name": b"x"})

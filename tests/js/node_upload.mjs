@@ -9,7 +9,9 @@
 // Modes (spec.mode):
 //   upload        one upload of spec.path (source "file", "buffer" or "stream"),
 //                 optional chunkSize, deferred length, parallelUploads,
-//                 uploadDataDuringCreation
+//                 uploadDataDuringCreation; spec.rate limits each PATCH body (bytes per
+//                 second, file source); spec.signal {pid, name, atBytes} sends that
+//                 signal to pid once, when the upload's progress reaches atBytes
 //   abort-resume  upload at a limited rate, abort() once spec.abortAt bytes went out,
 //                 then finish with a new Upload (spec.resumeVia: "uploadUrl" or "storage")
 //   stall         start an upload that remembers its URL in a FileUrlStorage, stop
@@ -221,8 +223,19 @@ async function modeUpload() {
     uploadDataDuringCreation: Boolean(spec.dataDuringCreation),
     parallelUploads: spec.parallel ?? 1,
   })
+  if (spec.rate) options.fileReader = gatedFileReader(rateLimit(spec.rate))
+  let signalled = null
+  if (spec.signal) {
+    options.onProgress = (sent) => {
+      if (signalled === null && sent >= spec.signal.atBytes) {
+        signalled = sent
+        process.kill(spec.signal.pid, spec.signal.name)
+        emit({ event: 'signalled', at: sent })
+      }
+    }
+  }
   const done = await runUpload(openSource(spec.source ?? 'file', spec.path), options)
-  return { ok: true, ...done, requests: recorder.requests, retries: recorder.retries }
+  return { ok: true, ...done, signalled, requests: recorder.requests, retries: recorder.retries }
 }
 
 async function modeAbortResume() {

@@ -68,10 +68,12 @@ def run_page(
     files: list[Path],
     *,
     keep_screenshot: bool = False,
+    console_errors: re.Pattern[str] | None = None,
     **spec: Any,
 ) -> dict[str, Any]:
     """Run web/page_test.mjs (bounded); its result. ``keep_screenshot``: copy the last
-    screenshot to /tmp/uploadsvc-page.png."""
+    screenshot to /tmp/uploadsvc-page.png. ``console_errors``: the console errors the
+    test expects (Chromium logs every error status it loads); any other fails it."""
     node, chromium = tools
     shots = tmp_path / "screenshots"
     shots.mkdir(exist_ok=True)
@@ -107,7 +109,8 @@ def run_page(
     if proc.returncode != 0 or not result.get("ok"):
         pytest.fail(f"page_test.mjs failed:\n{json.dumps(result, indent=1)[:12000]}\n{stderr}")
     assert result["pageErrors"] == []
-    assert [m for m in result["console"] if m["type"] == "error"] == []
+    errors = [m["text"] for m in result["console"] if m["type"] == "error"]
+    assert [e for e in errors if not (console_errors and console_errors.fullmatch(e))] == []
     return result
 
 

@@ -63,9 +63,11 @@ def test_stalled_patch_is_taken_over_by_head(live_server: LiveServer) -> None:
         print(f"\ntakeover: HEAD answered {response.status} after {took * 1000:.0f} ms")
         assert response.status == 200
         assert response.header("Upload-Offset") == str(SIZE // 3)
-        # The stalled client is told where it stands, if it still listens.
+        # The stalled client is told where it stands, if it still listens, with an
+        # answer the shipped clients retry (README: who ends a body).
         answer = read_response_head(sock, timeout=10)
-        assert answer.status == 400
+        assert answer.status == 503
+        assert answer.header("Retry-After") == "1"
         assert answer.header("Upload-Offset") == str(SIZE // 3)
     response = patch_upload(url, SIZE // 3, data[SIZE // 3 :])
     assert response.status == 204
@@ -107,7 +109,8 @@ def test_read_timeout_ends_a_silent_body(server_factory: Callable[..., LiveServe
         started = time.monotonic()
         answer = read_response_head(sock, timeout=20)
         print(f"\nread timeout: body ended after {time.monotonic() - started:.2f} s")
-        assert answer.status == 400
+        assert answer.status == 503
+        assert answer.header("Retry-After") == "1"
         assert answer.header("Upload-Offset") == "1000"
     assert head_upload(url).header("Upload-Offset") == "1000"
 
@@ -125,6 +128,10 @@ def test_sigterm_keeps_bytes_and_offset(server_factory: Callable[..., LiveServer
         server.proc.send_signal(signal.SIGTERM)
         server.proc.wait(timeout=30)
         print(f"\nSIGTERM with 3 PATCHes in flight: stopped in {time.monotonic() - started:.2f} s")
+        for index, sock in enumerate(sockets):  # each told to retry, and where it stands
+            answer = read_response_head(sock, timeout=10)
+            assert (answer.status, answer.header("Retry-After")) == (503, "1"), answer.head
+            assert answer.header("Upload-Offset") == str(10_000 * (index + 1))
     finally:
         for sock in sockets:
             sock.close()

@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from .conftest import (
     VENV_BIN,
     LiveServer,
     MiB,
+    abort_connection,
     build_request,
     call_with_deadline,
     connect,
@@ -60,6 +62,7 @@ class Cluster:
     env: dict[str, str]  # the settings the hosts share
     s3: S3Server
     bucket: str
+    nginx_dir: Path  # nginx's error.log and access.log
 
     @property
     def endpoint(self) -> str:
@@ -111,8 +114,9 @@ def two_hosts(
         try:
             hosts = [pool.start(**env) for _ in HOSTS]
             bucket = env["UPLOADSVC_STORE"].removeprefix("s3://").split("/")[0]
-            with nginx_for(hosts, tmp_path_factory.mktemp("nginx")) as origin:
-                yield Cluster(hosts, origin, env, s3, bucket)
+            nginx_dir = tmp_path_factory.mktemp("nginx")
+            with nginx_for(hosts, nginx_dir) as origin:
+                yield Cluster(hosts, origin, env, s3, bucket, nginx_dir)
             # No host kept anything of an upload: each data dir is as empty as it began.
             for host in hosts:
                 assert [p.name for p in host.data_dir.iterdir()] == [], host.data_dir
@@ -253,8 +257,10 @@ def test_a_stalled_patch_on_one_host_is_taken_over_from_the_other(cluster: Clust
         assert response.status == 200
         assert response.header("Upload-Offset") == str(sent)
         # 200, not 423: B had the lock within UPLOADSVC_LOCK_TIMEOUT (the time is printed).
+        # The stale holder is told to retry (README: who ends a body), with its offset.
         answer = read_response_head(sock, timeout=10)
-        assert answer.status == 400 and answer.header("Upload-Offset") == str(sent)
+        assert (answer.status, answer.header("Retry-After")) == (503, "1"), answer.head
+        assert answer.header("Upload-Offset") == str(sent)
     response = http_request(
         "PATCH",
         f"{cluster.endpoint}{ident}",
@@ -476,3 +482,229 @@ def test_memory_per_active_patch_is_about_one_part(
     assert grown / patches < 40  # a few parts at most, never the body
     for url in urls:
         assert http_request("HEAD", url, tus_headers()).header("Upload-Offset") == str(size)
+
+
+# -- concurrency through nginx: no connection the hosts close may be reused -----------------
+
+ROUNDS = 3  # each round races, takes over, drops and refuses through nginx
+RACERS = 8
+# What nginx logs when a host closes (or resets) a connection under it, or leaves a host
+# out after that: at warn level or above and naming the upstream ("upstream prematurely
+# closed connection", "writev() failed ... while sending request to upstream", "upstream
+# server temporarily disabled", "no live upstreams"). A client's own drop is info level.
+UPSTREAM_FAILURE = re.compile(r"\[(?:warn|error|crit|alert|emerg)\].*upstream")
+
+
+def upstream_failures(cluster: Cluster) -> list[str]:
+    errors = (cluster.nginx_dir / "error.log").read_text(errors="replace").splitlines()
+    return [
+        line
+        for line in errors
+        if UPSTREAM_FAILURE.search(line) or "upstream prematurely closed" in line
+    ]
+
+
+def answered_502(cluster: Cluster) -> list[str]:
+    access = (cluster.nginx_dir / "access.log").read_text(errors="replace").splitlines()
+    return [line for line in access if '" 502 ' in line]
+
+
+def nginx_port(cluster: Cluster) -> int:
+    return int(cluster.origin.rsplit(":", 1)[1])
+
+
+def heads(url: str, count: int) -> list[int]:
+    """``count`` HEADs in a row, each on a new client connection: nginx sends them on
+    its kept-alive upstream connections, the ones a host may have closed meanwhile."""
+    return [http_request("HEAD", url, tus_headers()).status for _ in range(count)]
+
+
+def raw_patch(cluster: Cluster, url: str, data: bytes, sent: int) -> Any:
+    """A PATCH through nginx announcing all of ``data`` that sends ``sent`` bytes."""
+    port = nginx_port(cluster)
+    sock = connect(port)
+    headers = tus_headers(
+        Upload_Offset="0", Content_Type=OFFSET_OCTET_STREAM, Content_Length=str(len(data))
+    )
+    path = url.removeprefix(cluster.origin)
+    sock.sendall(build_request("PATCH", path, list(headers.items()), port=port))
+    sock.sendall(data[:sent])
+    wait_until_delivered(sock)
+    return sock
+
+
+def race_through_nginx(cluster: Cluster, round_no: int) -> list[int]:
+    """RACERS PATCHes of one upload at offset 0 at once, HEADs and a DELETE among them.
+
+    The losers are refused (409, 423) with their bodies unread. A body of 1 MiB fits
+    in the socket buffers: nginx has sent all of it when the refusal comes, so it keeps
+    the connection if the refusal says keep-alive (and gunicorn then drains 64 KiB and
+    closes it under nginx's next request). In odd rounds the bodies cross an S3 part.
+    """
+    size = MiB if round_no % 2 == 0 else PART + MiB
+    response = http_request("POST", cluster.endpoint, tus_headers(Upload_Length=str(size)))
+    url = response.header("Location") or ""
+    bodies = [bytes([0x41 + i + round_no]) * size for i in range(RACERS)]
+    barrier = threading.Barrier(RACERS + 2, timeout=30)
+
+    def patch(i: int) -> list[int]:
+        barrier.wait()
+        headers = tus_headers(Upload_Offset="0", Content_Type=OFFSET_OCTET_STREAM)
+        return [http_request("PATCH", url, headers, bodies[i]).status]
+
+    def head_loop(_: int) -> list[int]:
+        barrier.wait()
+        return heads(url, 20)
+
+    with ThreadPoolExecutor(max_workers=RACERS + 2) as pool:
+        futures = [pool.submit(patch, i) for i in range(RACERS)]
+        futures += [pool.submit(head_loop, i) for i in range(2)]
+        statuses = [status for future in futures for status in future.result()]
+    patches = statuses[:RACERS]
+    assert patches.count(204) == 1 and set(patches) <= {204, 409, 423}, patches
+    head = http_request("HEAD", url, tus_headers())
+    assert head.header("Upload-Offset") == str(size)
+    winner = patches.index(204)
+    assert download_sha256(url) == sha256_bytes(bodies[winner])
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        deleting = pool.submit(lambda: [http_request("DELETE", url, tus_headers()).status])
+        racing = [pool.submit(heads, url, 10) for _ in range(2)]
+        statuses += deleting.result() + [s for f in racing for s in f.result()]
+    return statuses
+
+
+def takeover_through_nginx(cluster: Cluster, seed: int) -> list[int]:
+    """A PATCH stalls mid-body; a HEAD through nginx takes the upload over."""
+    data = random_bytes(2 * MiB, seed=seed)
+    url = request_with_retries(
+        "POST", cluster.endpoint, tus_headers(Upload_Length=str(len(data)))
+    ).header("Location")
+    sent = MiB + 5
+    sock = raw_patch(cluster, url, data, sent)
+    try:
+        time.sleep(0.3)  # a host now waits for bytes that never come
+        head = http_request("HEAD", url, tus_headers())
+        assert head.status == 200 and head.header("Upload-Offset") == str(sent), head
+        answer = read_response_head(sock, timeout=15)
+        assert answer.status not in (None, 502), answer
+        assert answer.header("Upload-Offset") == str(sent)
+    finally:
+        sock.close()
+    statuses = [head.status, answer.status or 0, *heads(url, 10)]
+    response = http_request(
+        "PATCH",
+        url,
+        tus_headers(Upload_Offset=str(sent), Content_Type=OFFSET_OCTET_STREAM),
+        data[sent:],
+    )
+    assert response.status == 204, response
+    return [*statuses, response.status, *heads(url, 10)]
+
+
+def drop_through_nginx(cluster: Cluster, seed: int) -> list[int]:
+    """A client resets its connection mid-PATCH: nginx drops the upstream one too."""
+    data = random_bytes(2 * MiB, seed=seed)
+    url = http_request("POST", cluster.endpoint, tus_headers(Upload_Length=str(len(data)))).header(
+        "Location"
+    )
+    abort_connection(raw_patch(cluster, url, data, MiB + 7))
+    statuses = []
+    for _ in range(100):  # nginx passes the reset on, a host records: bounded wait
+        head = http_request("HEAD", url, tus_headers())
+        statuses.append(head.status)
+        if head.header("Upload-Offset") == str(MiB + 7):
+            break
+        time.sleep(0.05)
+    assert head.header("Upload-Offset") == str(MiB + 7), head
+    return statuses + heads(url, 10)
+
+
+def refusals_through_nginx(cluster: Cluster) -> list[int]:
+    """Refusals before a byte of a big body is read (409, 415, 413), each followed by
+    requests that nginx sends on its kept-alive upstream connections."""
+    url = http_request("POST", cluster.endpoint, tus_headers(Upload_Length="100")).header(
+        "Location"
+    )
+    big = b"\x00" * (4 * MiB)
+    statuses = []
+    refusals = [
+        ("PATCH", url, tus_headers(Upload_Offset="7", Content_Type=OFFSET_OCTET_STREAM), 409),
+        ("PATCH", url, tus_headers(Upload_Offset="0", Content_Type="text/plain"), 415),
+        ("PATCH", url, tus_headers(Upload_Offset="0", Content_Type=OFFSET_OCTET_STREAM), 413),
+        (
+            "POST",
+            cluster.endpoint,
+            tus_headers(Upload_Length=str(2048 * MiB), Content_Type=OFFSET_OCTET_STREAM),
+            413,
+        ),
+    ]
+    for method, target, headers, expected in refusals:
+        try:
+            status = http_request(method, target, headers, big).status
+        except ConnectionResetError:  # the refusal came and the connection went mid-body
+            status = expected
+        assert status == expected, (method, headers, status)
+        statuses += [status, *heads(url, 6)]
+    return statuses
+
+
+def lock_wait_refusals_through_nginx(cluster: Cluster) -> list[int]:
+    """PATCHes of an upload another PATCH holds (still sending, so never taken over)
+    wait out the lock timeout and get 423 after nginx sent all of their 1 MiB bodies:
+    nginx keeps such a connection on the word of a keep-alive and sends the next
+    request (a HEAD) on it at once (tests/live/test_nginx.py has the single-host case)."""
+    a = cluster.hosts[0]
+    busy = a.create_upload(10 * MiB)
+    other = http_request("POST", cluster.endpoint, tus_headers(Upload_Length="100"))
+    other_url = other.header("Location") or ""
+    busy_url = f"{cluster.endpoint}{upload_id(busy)}"
+    stop = threading.Event()
+    with connect(a.port) as holder:
+        headers = tus_headers(
+            Upload_Offset="0", Content_Type=OFFSET_OCTET_STREAM, Content_Length=str(10 * MiB)
+        )
+        path = f"/files/{upload_id(busy)}"
+        holder.sendall(build_request("PATCH", path, list(headers.items()), port=a.port))
+
+        def trickle() -> None:
+            for _ in range(600):  # a byte every 0.1 s, bounded (60 s)
+                if stop.wait(0.1):
+                    return
+                holder.sendall(b"x")
+
+        def client(_: int) -> list[int]:
+            patch = tus_headers(Upload_Offset="0", Content_Type=OFFSET_OCTET_STREAM)
+            statuses = [http_request("PATCH", busy_url, patch, b"\x00" * MiB).status]
+            return statuses + heads(other_url, 4)
+
+        trickler = threading.Thread(target=trickle)
+        trickler.start()
+        try:
+            time.sleep(0.3)  # the holder has the lock
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                statuses = [s for result in pool.map(client, range(4)) for s in result]
+        finally:
+            stop.set()
+            trickler.join(timeout=10)
+    assert set(statuses) <= {200, 423}, statuses
+    return statuses
+
+
+def test_concurrency_through_nginx_leaves_no_upstream_failure(own_cluster: Cluster) -> None:
+    """Races, takeovers, drops and refusals through nginx, round after round: no host
+    closes a connection nginx may reuse, so no client gets a 502 and no host is left out.
+    """
+    cluster = own_cluster
+    statuses: list[int] = []
+    for round_no in range(ROUNDS):
+        statuses += race_through_nginx(cluster, round_no)
+        statuses += takeover_through_nginx(cluster, seed=300 + round_no)
+        statuses += drop_through_nginx(cluster, seed=310 + round_no)
+        statuses += refusals_through_nginx(cluster)
+        statuses += lock_wait_refusals_through_nginx(cluster)
+    failures = upstream_failures(cluster)
+    print(f"\n{len(statuses)} answers through nginx in {ROUNDS} rounds; upstream failures:")
+    print("\n".join(failures[:20]))
+    assert 502 not in statuses, statuses
+    assert answered_502(cluster) == []
+    assert failures == []

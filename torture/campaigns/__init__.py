@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from ..context import Context
 from ..report import Result
-from . import diskfull, dropped, hostile, killed, races, slow, stop
+from . import diskfull, dropped, hostile, killed, races, slow, slowloris, stop
 
 Campaign = Callable[[Context], Result]
 
@@ -19,4 +19,5 @@ CAMPAIGNS: dict[str, Campaign] = {
     races.NAME: races.run,
     hostile.NAME: hostile.run,
     slow.NAME: slow.run,
+    slowloris.NAME: slowloris.run,
 }

@@ -57,7 +57,31 @@ FULL = Params()
 FAST = Params(requests=1_200, budget=90.0)
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
+# One disposition, one quoted ASCII name without quotes, separators or ";", and at
+# most one percent-encoded filename*: a name can't add a parameter or a path.
+DISPOSITION = re.compile(
+    r"(inline|attachment); filename=\"[^\"\\/;\x00-\x1f\x7f]+\""
+    r"(; filename\*=UTF-8''[A-Za-z0-9%._~-]+)?"
+)
 INJECTED = ("set-cookie", "x-injected", "refresh")
+# Put after line breaks in request targets: a log line must never start with it.
+FORGED = "torture-forged"
+# The methods /metrics may name; any other counts as "other" (bounded label values).
+METRIC_METHODS = {"GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT", "other"}
+# Range headers on a completed upload of n >= 2 bytes, and the status each must get:
+# one byte range 206 (416 past the end); anything else is ignored (RFC 9110): 200.
+RANGES = [
+    ("bytes=0-0", 206),
+    ("bytes=-1", 206),
+    ("bytes=1-", 206),
+    ("bytes=999999999-", 416),
+    ("bytes=0-0,1-1", 200),
+    ("bytes=1-0", 200),
+    ("bytes=abc", 200),
+    ("bytes=", 200),
+    ("items=0-1", 200),
+    ("bytes=0-1,", 200),
+]
 INLINE_OK = re.compile(
     r"(image/(png|jpeg|gif|webp|avif)|video/(mp4|webm|ogg)|audio/(mpeg|ogg|wav|webm|flac)"
     r"|application/pdf|text/plain; charset=utf-8|application/octet-stream)"
@@ -130,6 +154,10 @@ NASTY_NAMES = [
     "na\u00efve r\u00e9sum\u00e9.pdf".encode(),
     "\u202egnp.exe".encode(),
     b"x" * 1000,
+    # Fullwidth quote and slash: NFKD made them ASCII after cleaning (issue 13).
+    "\uff02; filename=\uff02../../evil.html".encode(),
+    "a\uff0f\uff3c\uff02b".encode(),
+    "x\u2215y\u2044z;w".encode(),
     b"\xff\xfe not utf-8",
     b"",
     b"report.pdf",
@@ -346,6 +374,10 @@ class Generator:
             ("/files/%ff%fe", True),
             ("/files/\u00fc".encode(), False),
             ("/metrics/../files/", True),
+            # Decoded into the request's log line: must stay on it (issue 13).
+            (f"/files/{some}%0a{FORGED}%0d%0aINFO%20{FORGED}", True),
+            (f"/files/%1b[2K%1b[1G{FORGED}%c2%85{FORGED}%e2%80%a8{FORGED}", True),
+            (f"/files/?q=%0a{FORGED}", True),
         ]
         value, ok = rng.choice(choices)
         return (value.encode() if isinstance(value, str) else value), ok
@@ -376,6 +408,13 @@ class Generator:
                 f"final;{here}/files/{own}?next=http://{there}/",
                 f"final;http://{there}/files/{own} {here}/files/{own}",
                 "final;" + " ".join(f"/files/{own}" for _ in range(300)),
+                # Forms urllib refuses with ValueError (they were 500s).
+                f"final;http://[zz]/files/{own}",
+                f"final;http://[::1/files/{own}",
+                f"final;http://127.0.0.1:99999/files/{own}",
+                f"final;http://127.0.0.1:-1/files/{own}",
+                f"final;http://[127.0.0.1]/files/{own}",
+                f"final;http://\uff4c\uff4f\uff43\uff41\uff4c/files/{own}",
             ]
         )
 
@@ -551,6 +590,10 @@ class Generator:
                 nasty_metadata(rng) if rng.random() < 0.5 else rng.choice(BAD_METADATA),
             )
         data = rng.randbytes(rng.choice([0, 1, 7, 100, 2 * KiB, 20 * KiB]))
+        if rng.random() < 0.05:
+            # A body the server refuses before reading it, still coming when the answer
+            # does: the answer must say the connection closes (see send()).
+            data = rng.randbytes(2 * MiB)
         if rng.random() < 0.15:
             good = "sha1 " + b64(hashlib.sha1(data).digest())
             put("Upload-Checksum", rng.choice([good, good, *BAD_CHECKSUMS]))
@@ -595,7 +638,7 @@ class Generator:
             if roll < 0.3:
                 req.no_host = True
             elif roll < 0.6:
-                req.host = b"evil.invalid"
+                req.host = rng.choice([b"evil.invalid", b"xn--", b"[zz]", b"a..b"])
             else:
                 req.headers.append((b"Host", b"evil.invalid"))
             req.well_formed, req.reuse = False, False
@@ -632,6 +675,7 @@ class Lane:
         self.conn: Conn | None = None
         self.statuses: Counter[str] = Counter()
         self.unannounced_closes = 0  # keep-alive answers followed by a close
+        self.early_keepalive = 0  # answers before the body was sent that said keep-alive
         self.checks = 0  # uploads checked against the model after a hostile request
         self.explained = 0  # ... that had changed, as the answer said they would
 
@@ -665,6 +709,15 @@ class Lane:
             reply = conn.read_reply(head=req.method == b"HEAD", timeout=REQUEST_TIMEOUT)
             if sent < len(payload):
                 conn.closed = True  # the rest of our request would be read as the next one
+                said = (reply.header("Connection") or "").lower()
+                if reply.status is not None and said != "close":
+                    # Answered before the body was read: the server drains it (gunicorn:
+                    # 64 KiB at most) or closes. A proxy reusing the connection on the
+                    # word of a keep-alive races that close (nginx: a 502).
+                    self.early_keepalive += 1
+                    self.result.mismatch(
+                        f"{req.what}: {reply.status} before the body was sent said keep-alive"
+                    )
         except Hang as error:
             self.result.hang(f"{req.what}: {error}")
             conn.close()
@@ -795,12 +848,26 @@ class Lane:
         disposition = reply.header("Content-Disposition") or ""
         if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in disposition):
             self.result.mismatch(f"GET {up.id}: control characters in {disposition!r}")
+        if not DISPOSITION.fullmatch(disposition):
+            self.result.mismatch(f"GET {up.id}: Content-Disposition {disposition!r}")
+        if up.exact and up.offset >= 2:
+            self.ranged_download(up)
         if reply.header("X-Content-Type-Options") != "nosniff":
             self.result.mismatch(f"GET {up.id}: no nosniff")
         if "sandbox" not in (reply.header("Content-Security-Policy") or ""):
             self.result.mismatch(f"GET {up.id}: no CSP sandbox")
         if not INLINE_OK.fullmatch(reply.header("Content-Type") or ""):
             self.result.mismatch(f"GET {up.id}: served as {reply.header('Content-Type')!r}")
+
+    def ranged_download(self, up: Upload) -> None:
+        value, status = self.rng.choice(RANGES)
+        reply = self.call("GET", f"/files/{up.id}", [("Range", value)])
+        if reply is None:
+            return
+        if reply.status != status:
+            self.result.problem(f"GET {up.id} with Range {value!r}: {reply}, not {status}")
+        elif status == 200 and reply.body != bytes(up.data):
+            self.result.mismatch(f"GET {up.id} with Range {value!r}: not the whole body")
 
     def delete(self, up: Upload) -> None:
         reply = self.call("DELETE", f"/files/{up.id}", [])
@@ -977,7 +1044,7 @@ def run(ctx: Context, params: Params | None = None) -> Result:
     rng = ctx.rng(NAME)
     marker = f"torture-pwned-{ctx.seed}"
     statuses: Counter[str] = Counter()
-    checks = explained = unannounced = 0
+    checks = explained = unannounced = early_keepalive = 0
     canary = Canary()
     try:
         with (
@@ -1007,6 +1074,7 @@ def run(ctx: Context, params: Params | None = None) -> Result:
             campaign.stop.set()
             checks = sum(lane.checks for lane in lanes)
             unannounced = sum(lane.unannounced_closes for lane in lanes)
+            early_keepalive = sum(lane.early_keepalive for lane in lanes)
             explained = sum(lane.explained for lane in lanes)
             for lane in lanes:
                 statuses.update(lane.statuses)
@@ -1034,6 +1102,8 @@ def run(ctx: Context, params: Params | None = None) -> Result:
                 if new:
                     result.mismatch(f"new entries in {name} {path}: {sorted(new)[:10]}")
             check_data_dir(server, result)
+            check_log_lines(server, result)
+            check_metric_labels(server, result)
             for found in Path("/tmp").glob(f"**/{marker}*"):
                 result.mismatch(f"a hostile path made {found}")
     finally:
@@ -1045,6 +1115,7 @@ def run(ctx: Context, params: Params | None = None) -> Result:
     result.figures["model_checks"] = checks
     result.figures["changes_explained"] = explained
     result.figures["keepalive_closed_unannounced"] = unannounced
+    result.figures["early_answers_saying_keepalive"] = early_keepalive
     return result
 
 
@@ -1066,3 +1137,29 @@ def check_data_dir(server: Server, result: Result) -> None:
         ):
             continue
         result.mismatch(f"unexpected file in the data dir: {rel}")
+
+
+def check_log_lines(server: Server, result: Result) -> None:
+    """What the client sent after a line break stays on its request's line: every log
+    line naming FORGED is a record of uploadsvc (``LEVEL logger [id] ...``) or of
+    gunicorn (``[time] [pid] [LEVEL] ...``)."""
+    forged = 0
+    for line in server.log_text().splitlines():
+        if FORGED not in line:
+            continue
+        forged += 1
+        if not re.match(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+ \[|\[\d{4}-", line):
+            result.mismatch(f"a forged log line: {line[:200]!r}")
+    result.figures["log_lines_with_forging_attempts"] = forged
+
+
+def check_metric_labels(server: Server, result: Result) -> None:
+    """Made-up methods add no series: /metrics names only known methods and "other"."""
+    reply = Client(server, result).call("GET", "/metrics", what="GET /metrics")
+    if reply is None or reply.status != 200:
+        result.problem(f"GET /metrics: {reply}")
+        return
+    methods = set(re.findall(r'method="([^"]*)"', reply.body.decode("utf-8", "replace")))
+    if methods - METRIC_METHODS:
+        result.mismatch(f"/metrics names made-up methods: {sorted(methods - METRIC_METHODS)[:10]}")
+    result.figures["metric_series"] = reply.body.count(b"\n")

@@ -5,6 +5,9 @@ Every upload in flight holds a gunicorn thread for its whole PATCH. While the tr
 clients hold theirs, a probe creates an upload and HEADs it every 100 ms on fresh
 connections; each answer's latency is recorded (p50/p99/max). A probe answer slower than
 ``PROBE_LIMIT`` counts as a hang: the server let slow clients lock everybody else out.
+Each trickling client connects from a loopback address of its own (127.1.x.y): they are
+honest, different people, each under the per-client cap (the slowloris campaign covers
+one address with many uploads).
 At the end every trickling upload sends the rest of its body at full speed, and all of
 them must finish intact.
 """
@@ -41,11 +44,17 @@ FULL = Params()
 FAST = Params(seconds=8.0)
 
 
+def client_address(index: int, block: int = 1) -> str:
+    """A loopback address of its own for client ``index`` (127.<block>.x.y): honest
+    clients are many people, each under UPLOADSVC_MAX_UPLOADS_PER_CLIENT."""
+    return f"127.{block}.{index // 250}.{1 + index % 250}"
+
+
 class Trickle:
-    def __init__(self, server: Server, upload_id: str, data: bytes) -> None:
+    def __init__(self, server: Server, upload_id: str, data: bytes, source: str) -> None:
         self.upload_id = upload_id
         self.data = data
-        self.conn = Conn(server.port, timeout=30)
+        self.conn = Conn(server.port, timeout=30, source=source)
         self.conn.send(patch_head(upload_id, 0, len(data), host=self.conn.host))
         self.sent = 0
 
@@ -76,8 +85,9 @@ def run(ctx: Context, params: Params | None = None) -> Result:
                 if upload_id is None:
                     return result
                 created.append(upload_id)
-            for upload_id in created:
-                trickles.append(Trickle(server, upload_id, rng.randbytes(size)))
+            for index, upload_id in enumerate(created):
+                data = rng.randbytes(size)
+                trickles.append(Trickle(server, upload_id, data, client_address(index)))
             result.count(faults=len(trickles))
             stop = threading.Event()
             probe = threading.Thread(

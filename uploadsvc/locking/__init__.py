@@ -14,6 +14,13 @@ class Locker(Protocol):
         holder to release (see ``release_requested``)."""
         ...
 
+    def still_held(self, upload_id: str) -> bool:
+        """Whether this process still holds the upload's lock: a fence, asked before
+        acting on what the lock protects (recording a write, deleting data). A lock can
+        be lost under its holder (PostgreSQL's ends with its connection); after that,
+        another host may hold it and write the same upload."""
+        ...
+
     def release_requested(self, upload_id: str) -> bool:
         """Whether a request is waiting for this upload's lock: its holder, if stalled,
         should save what it has and let go (tusd's "release request")."""

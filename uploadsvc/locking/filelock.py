@@ -6,6 +6,7 @@ a waiter holding the old inode and a newcomer creating a new one both "own" the 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,8 @@ class FileLocker:
         # Told of every wait for a busy lock: (seconds waited, whether it was acquired).
         self.on_wait = on_wait
         directory.mkdir(parents=True, exist_ok=True)
+        self._held: set[str] = set()  # upload ids this process holds (one holder each)
+        self._guard = threading.Lock()
 
     def _path(self, upload_id: str) -> Path:
         if not upload_id.isalnum() or not upload_id.isascii():
@@ -53,9 +56,13 @@ class FileLocker:
             lock.acquire(timeout=0)
         except filelock.Timeout:
             self._wait(lock, upload_id, timeout)
+        with self._guard:
+            self._held.add(upload_id)
         try:
             yield
         finally:
+            with self._guard:
+                self._held.discard(upload_id)
             lock.release()
 
     def _wait(self, lock: filelock.BaseFileLock, upload_id: str, timeout: float) -> None:
@@ -77,6 +84,11 @@ class FileLocker:
             request.unlink(missing_ok=True)
             if self.on_wait is not None:
                 self.on_wait(time.monotonic() - started, acquired)
+
+    def still_held(self, upload_id: str) -> bool:
+        # An flock lasts as long as its open file: nothing takes it from its holder.
+        with self._guard:
+            return upload_id in self._held
 
     def release_requested(self, upload_id: str) -> bool:
         try:

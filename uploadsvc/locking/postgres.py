@@ -84,6 +84,8 @@ class PostgresLocker:
         self.on_wait = on_wait
         self.clock = clock
         self._idle: list[Connection] = []
+        # The connection holding each upload's lock in this process (one holder each).
+        self._held: dict[str, Connection] = {}
         self._requests: dict[str, float] = {}  # upload id -> when last asked (clock)
         self._guard = threading.Lock()
         self._listener: threading.Thread | None = None
@@ -97,10 +99,37 @@ class PostgresLocker:
         self._start_listener()
         key = lock_key(upload_id)
         conn = self._acquire(upload_id, key, timeout)
+        with self._guard:
+            self._held[upload_id] = conn
         try:
             yield
         finally:
+            with self._guard:
+                self._held.pop(upload_id, None)
             self._release(conn, key)
+
+    def still_held(self, upload_id: str) -> bool:
+        """Asks the server: a lock connection that died (a restart, a network cut, an
+        administrator's pg_terminate_backend) took the lock with it, maybe minutes ago,
+        and another host may hold it now. Called by the holder's thread, the only user
+        of its connection."""
+        with self._guard:
+            conn = self._held.get(upload_id)
+        if conn is None:
+            return False
+        key = lock_key(upload_id) & 0xFFFF_FFFF_FFFF_FFFF
+        try:
+            # pg_locks shows a bigint advisory key as two oids (high, low) and 1.
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+                " AND pid = pg_backend_pid() AND granted AND objsubid = 1"
+                " AND classid::bigint = %s AND objid::bigint = %s)",
+                [key >> 32, key & 0xFFFF_FFFF],
+            ).fetchone()
+        except psycopg.Error:
+            log.warning("lock connection for upload %s is gone: the lock is lost", upload_id)
+            return False
+        return bool(row and row[0])
 
     def _acquire(self, upload_id: str, key: int, timeout: float) -> Connection:
         conn, pooled = self._connection()

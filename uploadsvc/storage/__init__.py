@@ -11,11 +11,22 @@ class StoreUnavailable(Exception):
     """The store can't be reached or written; the message says where and why, briefly."""
 
 
+class NotDurable(OSError):
+    """An append's bytes could not be made durable (a failed write-back or fsync): only
+    the upload's first ``durable`` bytes are known to be stored. The store has dropped
+    the rest, or tried to; ``__cause__`` is the failure."""
+
+    def __init__(self, durable: int, reason: str) -> None:
+        super().__init__(reason)
+        self.durable = durable
+
+
 class UploadStore(Protocol):
     """Byte storage for uploads, addressed by upload id.
 
     ``append`` writes whatever arrives before an error and makes it durable before it
-    returns or re-raises; callers then ask ``size`` for the truth.
+    returns or re-raises; callers then ask ``size`` for the truth. Bytes it can't make
+    durable don't count: it raises ``NotDurable`` saying how many do.
     """
 
     def create(self, upload_id: str) -> None: ...

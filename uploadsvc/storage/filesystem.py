@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from ..directory import scan_files
 from ..errors import InsufficientStorage
-from . import StoreUnavailable
+from . import NotDurable, StoreUnavailable
 
 COPY_BLOCK = 1024 * 1024
 # A long append hands its data to writeback in steps of this many bytes, and drops it
@@ -71,11 +71,28 @@ class FileStore:
                             written_back = position
                 finally:
                     # Whatever landed is made durable, even when the body broke off.
-                    if self.fsync:
-                        os.fsync(fd)
+                    self._sync_or_drop(fd, offset)
                 return position
             finally:
                 os.close(fd)
+
+    def _sync_or_drop(self, fd: int, durable: int) -> None:
+        """fsync what was appended since ``durable`` (the size it started from, durable
+        then), or drop it: after a failed fsync the kernel may have marked the failed
+        pages clean, so a second fsync "succeeds" without them, and the page cache
+        serves bytes the disk never got. Nothing written since ``durable`` can count."""
+        if not self.fsync:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as error:
+            reason = f"fsync failed: {error.strerror or error}"
+            try:
+                os.ftruncate(fd, durable)
+                os.fsync(fd)
+            except OSError:
+                reason += "; dropping the bytes failed too"
+            raise NotDurable(durable, reason) from error
 
     def size(self, upload_id: str) -> int | None:
         # open + fstat, not stat: on a volume shared by several hosts (NFS), opening

@@ -63,6 +63,16 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 # S3's limits: every part but the last at least 5 MiB, one copied range at most 5 GiB.
 MIN_PART = 5 * MIB
+# boto3's connection pool, per worker process. Each request thread using the store
+# holds one connection at a time (parts go one after another), and gunicorn runs
+# UPLOADSVC_THREADS of them (128 by default): a smaller pool opens a new connection for
+# every request past it and throws it away after ("Connection pool is full"), a TCP
+# and TLS handshake per part. Connections open only when needed, so a generous bound
+# costs nothing idle; it covers up to 512 threads per worker.
+POOL_CONNECTIONS = 512
+# A PATCH's part buffer grows with its body up to this size (a small PATCH stays
+# small); past it, it takes the whole part at once (see _PartWriter).
+GROW_IN_STEPS = 1 * MIB
 MAX_COPY = 5 * 1024 * MIB
 SEGMENTS = ".incomplete/"
 # More segments than this in one part (clients sending tiny PATCHes) are merged into one
@@ -141,8 +151,9 @@ def _md5(data: bytes | bytearray | memoryview) -> str:
 
 
 def _body(data: bytes | bytearray) -> bytes:
-    """botocore sends a bytearray as it is; the stubs only say bytes. No copy: a part is
-    the biggest thing a PATCH holds in memory, and a copy would double it."""
+    """botocore (and urllib3 under it) sends a bytearray as it is; the stubs only say
+    bytes. No copy: a part is the biggest thing a PATCH holds in memory, and a copy
+    would double it."""
     return cast(bytes, data)
 
 
@@ -165,6 +176,7 @@ class S3Store:
         endpoint_url: str | None = None,
         part_size: int = 8 * MIB,
         client: S3Client | None = None,
+        pool_connections: int = POOL_CONNECTIONS,
     ) -> None:
         if part_size < MIN_PART:
             raise ValueError(f"part size {part_size} is below S3's minimum of {MIN_PART}")
@@ -179,8 +191,7 @@ class S3Store:
                 connect_timeout=5,
                 read_timeout=60,
                 retries={"max_attempts": 3, "mode": "standard"},
-                # One connection per PATCH in flight; gunicorn threads bound them.
-                max_pool_connections=64,
+                max_pool_connections=pool_connections,
                 # S3-compatible servers (MinIO, Ceph RGW) need path-style addressing
                 # and may not take the newer checksum trailers; Content-MD5 (below)
                 # still guards every byte we send.
@@ -501,6 +512,10 @@ class S3Store:
     def scan(self) -> list[tuple[str, datetime]]:
         """Every upload id with an object, a segment or a multipart upload under the
         prefix, with when it last changed; names that aren't ours are left alone."""
+        if not self.prefix:
+            # What cleanup finds here it deletes: never the bucket's root, whose keys
+            # may be anyone's (config.py requires a prefix; this holds for any caller).
+            raise ValueError(f"s3://{self.bucket}/: no key prefix, refusing to scan for orphans")
         found: dict[str, datetime] = {}
 
         def saw(upload_id: str, when: datetime) -> None:
@@ -652,7 +667,14 @@ class _S3Errors:
 
 
 class _PartWriter:
-    """One PATCH's body into parts and segments, holding at most one part in memory."""
+    """One PATCH's body into parts and segments, holding at most one part in memory.
+
+    One buffer per PATCH: it grows with the body up to ``GROW_IN_STEPS`` (a small
+    PATCH stays small), then takes the rest of the part at once, and once it holds a
+    whole part it is reused, filled in place, for every later one. Growing a fresh
+    buffer per part by appending cost about half a part more resident memory per PATCH
+    (reallocation's slack and copies, a fragmented heap); botocore sends a bytearray as
+    it is, so nothing else copies a part."""
 
     def __init__(self, store: S3Store, upload_id: str, chain: _Chain) -> None:
         self.store = store
@@ -663,11 +685,12 @@ class _PartWriter:
         self.links = list(chain.links)  # this part's earlier segments, before ``start``
         self.start = chain.end  # where the buffered bytes begin
         self.buffer = bytearray()
+        self.filled = 0  # bytes of ``buffer`` in use (it may be longer: reused)
         self._multipart: str | None = None
 
     @property
     def position(self) -> int:
-        return self.start + len(self.buffer)
+        return self.start + self.filled
 
     def write(self, chunk: bytes) -> None:
         view = memoryview(chunk)
@@ -676,7 +699,20 @@ class _PartWriter:
             if not view:
                 return
             room = self.base + self.part_size - self.position
-            self.buffer += view[:room]
+            piece = view[:room]
+            end = self.filled + len(piece)
+            if end > len(self.buffer) and end > GROW_IN_STEPS:
+                # A big PATCH: room for the rest of the part at once, exactly, instead
+                # of growing by reallocation (copies, slack, a fragmented heap).
+                whole = bytearray(self.base + self.part_size - self.start)
+                whole[: self.filled] = memoryview(self.buffer)[: self.filled]
+                self.buffer = whole
+            if end <= len(self.buffer):
+                self.buffer[self.filled : end] = piece  # in place: no allocation
+            else:
+                del self.buffer[self.filled :]
+                self.buffer += piece
+            self.filled = end
             view = view[room:]
             self.flush_full_part()
 
@@ -686,31 +722,36 @@ class _PartWriter:
             return
         earlier = [link for link in self.links if link[0] < self.start and link[1]]
         if earlier:
-            data = self.store._read_links(self.upload_id, self.part_size, earlier)
-            data += self.buffer
-        else:
-            data = self.buffer
+            # The part began in an earlier PATCH: its first bytes go in front, in the
+            # same buffer, which then holds the whole part (and is kept for the next).
+            del self.buffer[self.filled :]
+            self.buffer[:0] = self.store._read_links(self.upload_id, self.part_size, earlier)
+            self.filled = len(self.buffer)
         number = self.base // self.part_size + 1
         if self._multipart is None:
             self._multipart = self.store._multipart_id(self.key, create=True)
             assert self._multipart is not None
-        self.store._upload_part(self.key, self._multipart, number, data)
-        del data
+        del self.buffer[self.filled :]
+        self.store._upload_part(self.key, self._multipart, number, self.buffer)
         next_base = self.base + self.part_size
         # The marker makes the part count: until it exists the chain ends where it did.
         self.store._put(self.store._segment_key(self.upload_id, self.part_size, next_base), b"")
         self.base = self.start = next_base
         self.links = [(next_base, 0)]
-        self.buffer = bytearray()
+        if len(self.buffer) != self.part_size:
+            self.buffer = bytearray()  # not a whole part's size: not worth keeping
+        self.filled = 0
 
     def save_rest(self) -> None:
         """Keep the bytes that don't fill a part as a segment the next PATCH continues."""
-        if self.buffer:
+        if self.filled:
             key = self.store._segment_key(self.upload_id, self.part_size, self.start)
+            del self.buffer[self.filled :]  # shrinks in place
             self.store._put(key, self.buffer)
-            self.links.append((self.start, len(self.buffer)))
-            self.start += len(self.buffer)
-            self.buffer = bytearray()
+            self.links.append((self.start, self.filled))
+            self.start += self.filled
+        self.buffer = bytearray()
+        self.filled = 0
 
 
 class _ObjectReader(io.RawIOBase):
