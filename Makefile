@@ -14,7 +14,7 @@ install: $(STAMP) js web
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,s3,client]'
 	touch $(STAMP)
 
 # The JavaScript clients of the live suite (tests/js: tus-js-client, playwright-core), when

@@ -93,6 +93,50 @@ def test_gunicorn_refuses_a_bad_value_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+# A deployment installs only the extras it uses (pyproject.toml): a setting that needs a
+# missing one says what to install. The package is hidden the way Python itself allows,
+# a None in sys.modules, in a fresh interpreter.
+MISSING_EXTRA = """
+import sys
+sys.modules[sys.argv[1]] = None
+from uploadsvc.config import ConfigError, Settings
+try:
+    Settings.from_env({sys.argv[2]: sys.argv[3], "UPLOADSVC_DATA_DIR": sys.argv[4]})
+except ConfigError as error:
+    print(error)
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "value", "message"),
+    [
+        (
+            "psycopg",
+            "UPLOADSVC_DATABASE_URL",
+            "postgresql://u@127.0.0.1:5432/db",
+            "UPLOADSVC_DATABASE_URL: needs the psycopg package: pip install 'uploadsvc[postgres]'",
+        ),
+        (
+            "boto3",
+            "UPLOADSVC_STORE",
+            "s3://bucket/prefix",
+            "UPLOADSVC_STORE: needs the boto3 package: pip install 'uploadsvc[s3]'",
+        ),
+    ],
+)
+def test_a_setting_whose_extra_is_missing_says_what_to_install(
+    tmp_path: Path, module: str, name: str, value: str, message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", MISSING_EXTRA, module, name, value, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == message
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

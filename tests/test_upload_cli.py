@@ -10,6 +10,8 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,6 +134,20 @@ def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     for line in ("0 ", "1 ", "2 ", "3 ", "4 ", "5 ", "130 "):
         assert f"\n  {line}" in text, line
     assert "--endpoint" in text and "--verify" in text and "--chunk-size" in text
+
+
+def test_without_the_client_extra_it_says_what_to_install() -> None:
+    hide_tuspy = "import sys; sys.modules['tusclient'] = None; from uploadsvc.upload import main; "
+    result = subprocess.run(
+        [sys.executable, "-c", hide_tuspy + "raise SystemExit(main(['--help']))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "uploadsvc-upload: needs tuspy and requests: pip install 'uploadsvc[client]'\n"
+    )
 
 
 def test_default_metadata() -> None:

@@ -6,6 +6,7 @@ A bad value raises ``ConfigError`` whose message is one line naming the variable
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -159,7 +160,11 @@ class Settings:
         locker = _choice(values, "LOCKER", LOCKERS, "postgres" if postgres else "file")
         if locker == "postgres" and not postgres:
             raise ConfigError(f"{PREFIX}LOCKER: 'postgres' needs a PostgreSQL DATABASE_URL")
+        if postgres:
+            _require_extra("DATABASE_URL", "psycopg", "postgres")
         s3_bucket, s3_prefix = _store(values, "STORE")
+        if s3_bucket is not None:
+            _require_extra("STORE", "boto3", "s3")
         s3_part_size = _s3_part_size(values, "S3_PART_SIZE")
         max_size = _positive_int(values, "MAX_SIZE", DEFAULT_MAX_SIZE)
         if s3_bucket is not None and max_size > MAX_S3_PARTS * s3_part_size:
@@ -234,6 +239,15 @@ def _database_url(values: Mapping[str, Any], data_dir: Path) -> str:
     raise ConfigError(
         f"{PREFIX}DATABASE_URL: use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"
     )
+
+
+def _require_extra(name: str, module: str, extra: str) -> None:
+    """A setting whose library is an optional dependency (pyproject.toml's extras) that
+    isn't installed: one line saying what to install, not an ImportError at first use."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"{PREFIX}{name}: needs the {module} package: pip install 'uploadsvc[{extra}]'"
+        )
 
 
 def _choice(values: Mapping[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:

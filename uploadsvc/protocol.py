@@ -46,6 +46,12 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 UPLOAD_ID = re.compile(r"[0-9A-Za-z]{8,64}")
 
 
+def is_upload_id(text: str) -> bool:
+    """Whether ``text`` is an upload id: the one definition the views, the service, the
+    stores and cleanup share, and the reason an id is always a safe path component."""
+    return UPLOAD_ID.fullmatch(text) is not None
+
+
 @dataclass(frozen=True)
 class Checksum:
     """An ``Upload-Checksum`` header: the algorithm and the expected digest bytes."""
