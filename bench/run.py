@@ -33,7 +33,6 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -51,6 +50,11 @@ from typing import Any
 import httpclient as hc
 
 REPO = Path(__file__).resolve().parents[1]
+# `python bench/run.py` puts bench/ on the path, not the repository: testsupport lives there.
+sys.path.insert(0, str(REPO))
+from testsupport import server as harness  # noqa: E402
+from testsupport.server import clean_env, free_port  # noqa: E402
+
 BENCH = REPO / "bench"
 BIN = Path(sys.executable).parent
 RESULTS = REPO / "bench-results"
@@ -141,12 +145,6 @@ class RssSampler:
 # --------------------------------------------------------------------------- targets
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Target:
     name: str
@@ -159,59 +157,36 @@ class Target:
     note: str = ""
 
     def start(self) -> None:
-        with self.log_path.open("ab") as out:
-            for argv, env, cwd in self.commands:
-                self.procs.append(
-                    subprocess.Popen(
-                        argv,
-                        cwd=cwd,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
-        deadline = time.monotonic() + 30
-        while True:
-            for proc in self.procs:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited at start; see {self.log_path}")
+        for argv, env, cwd in self.commands:
+            proc = harness.spawn(argv, env=env, log_path=self.log_path, cwd=cwd, append=True)
+            self.procs.append(proc)
+
+        def probe() -> str | None:
             try:
                 with hc.Connection("127.0.0.1", self.port, timeout=2) as conn:
                     response = conn.request("HEAD", self.files_path + "0" * 32, hc.tus())
-                if response.status < 500:  # nginx answers 502 until gunicorn is up
-                    return
-            except (OSError, hc.HTTPError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} not ready in 30 s; see {self.log_path}")
-            time.sleep(0.1)
+            except hc.HTTPError as error:
+                return repr(error)
+            if response.status < 500:  # nginx answers 502 until gunicorn is up
+                return None
+            return f"HEAD answered {response.status}"
+
+        harness.wait_ready(
+            self.procs, probe, timeout=30, name=self.name, log_tail=lambda: f"see {self.log_path}"
+        )
 
     def pids(self) -> list[int]:
         return [pid for proc in self.procs for pid in tree_pids(proc.pid)]
 
     def stop(self) -> None:
+        # Every process group at once, then wait for each (SIGKILL after 20 s).
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+            harness.terminate(proc, group=True)
         for proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            harness.wait_or_kill(proc, 20)
 
     def data_file(self, path: str) -> Path:
         return self.data_files / path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UPLOADSVC_")}
-    env.update(extra)
-    return env
 
 
 def limit_target(work: Path) -> Target:
