@@ -514,22 +514,24 @@ def server_factory(
 
 # --------------------------------------------------------------------------- JavaScript clients
 
-JS_DIR = REPO_ROOT / "tests" / "js"  # package.json, node scripts, page/ (npm ci --prefix tests/js)
+JS_DIR = REPO_ROOT / "tests" / "js"  # node scripts, page/
+# The one Node project's packages (package.json at the top; `make install` runs npm ci):
+# Node finds them from tests/js/ and web/ by walking up to the repository.
+NODE_MODULES = REPO_ROOT / "node_modules"
 JS_PACKAGES = ("tus-js-client", "playwright-core")
 
 
 @pytest.fixture(scope="session")
 def node() -> str:
-    """The ``node`` executable, with tests/js's packages installed.
+    """The ``node`` executable, with the Node project's packages installed.
 
     Skips only when node is not installed on this machine; missing packages fail."""
     path = shutil.which("node")
     if path is None:
         pytest.skip("node is not installed (apt-get install nodejs npm; .ci/run installs it)")
-    modules = JS_DIR / "node_modules"
-    missing = [p for p in JS_PACKAGES if not (modules / p / "package.json").is_file()]
+    missing = [p for p in JS_PACKAGES if not (NODE_MODULES / p / "package.json").is_file()]
     if missing:
-        pytest.fail(f"{missing} missing under {JS_DIR}/node_modules: run `make install`")
+        pytest.fail(f"{missing} missing under {NODE_MODULES}: run `make install`")
     return path
 
 
