@@ -6,9 +6,9 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= var
 BIND ?= 127.0.0.1:8080
 
-.PHONY: install js web serve test lint typecheck torture bench clean
+.PHONY: install js serve test lint typecheck torture bench clean
 
-install: $(STAMP) js web
+install: $(STAMP) js
 
 # Reinstall only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -17,44 +17,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,s3,client]'
 	touch $(STAMP)
 
-# The JavaScript clients of the live suite (tests/js: tus-js-client, playwright-core), when
-# node and npm are installed (without them those tests skip); reinstalled only when the
-# lock file changes.
-JS_DIR := tests/js
-JS_STAMP := $(JS_DIR)/node_modules/.installed
+# The one Node project (package.json at the top: tus-js-client, pinned by its lock file, and
+# playwright-core): the upload page's browser code and the live suite's JavaScript clients
+# (tests/js, web/page_test.mjs). When node and npm are installed (without them those tests
+# skip and the page says it can't be built), `npm ci` runs when the lock file changes, then
+# tus-js-client's bundle is copied into uploadsvc/static/ (generated, not in git).
+JS_STAMP := node_modules/.installed
+WEB_ASSET := uploadsvc/static/tus.min.js
 HAVE_NPM := $(shell command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && echo yes)
 
 ifeq ($(HAVE_NPM),yes)
-js: $(JS_STAMP)
+js: $(WEB_ASSET)
 else
 js:
-	@echo "node/npm not found: skipping $(JS_DIR) (its live tests will be skipped)"
+	@echo "node/npm not found: skipping node_modules (the JavaScript tests skip, the page can't be built)"
 endif
 
-$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
-	npm ci --prefix $(JS_DIR) --no-audit --no-fund --loglevel=error
+$(JS_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $(JS_STAMP)
 
-# The upload page's browser code (web/: tus-js-client, pinned by its lock file, and
-# playwright-core for tests/live/test_page.py): `npm ci` when the lock file changes, then
-# tus-js-client's bundle is copied into uploadsvc/static/ (generated, not in git).
-WEB_DIR := web
-WEB_STAMP := $(WEB_DIR)/node_modules/.installed
-WEB_ASSET := uploadsvc/static/tus.min.js
-
-ifeq ($(HAVE_NPM),yes)
-web: $(WEB_ASSET)
-else
-web:
-	@echo "node/npm not found: the upload page can't be built (it says so when opened)"
-endif
-
-$(WEB_STAMP): $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
-	npm ci --prefix $(WEB_DIR) --no-audit --no-fund --loglevel=error
-	touch $(WEB_STAMP)
-
-$(WEB_ASSET): $(WEB_STAMP)
-	cp $(WEB_DIR)/node_modules/tus-js-client/dist/tus.min.js $(WEB_ASSET)
+$(WEB_ASSET): $(JS_STAMP)
+	cp node_modules/tus-js-client/dist/tus.min.js $(WEB_ASSET)
 
 # The upload page is on here (UPLOADSVC_WEB_UI=1); set UPLOADSVC_WEB_UI=0 to turn it off.
 serve: install
@@ -85,5 +69,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info build .mypy_cache .ruff_cache .pytest_cache $(JS_DIR)/node_modules \
-		$(WEB_DIR)/node_modules $(WEB_ASSET)
+	rm -rf $(VENV) *.egg-info build .mypy_cache .ruff_cache .pytest_cache node_modules $(WEB_ASSET)

@@ -15,7 +15,6 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from testsupport.server import free_port
 
 HOST = "127.0.0.1"
 SUPERUSER = "postgres"
@@ -45,12 +46,6 @@ def pg_bindir() -> Path | None:
         key=lambda path: int(Path(path).parent.parent.name),
     )
     return Path(candidates[-1]).parent if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -119,7 +114,7 @@ def start_postgres() -> PostgresServer:
     if os.geteuid() == 0:
         user = pwd.getpwnam(SUPERUSER)
         os.chown(base, user.pw_uid, user.pw_gid)
-    server = PostgresServer(bindir, base, _free_port())
+    server = PostgresServer(bindir, base, free_port())
     log = base / "server.log"
     try:
         subprocess.run(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import boto3
+
+from testsupport.server import free_port
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -35,12 +36,6 @@ AWS_ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     "AWS_EC2_METADATA_DISABLED": "true",
 }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -92,7 +87,7 @@ class S3Server:
 
 
 def start_s3(workdir: Path) -> S3Server:
-    port = _free_port()
+    port = free_port()
     log_path = workdir / "moto.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -12,8 +12,6 @@ import fcntl
 import os
 import re
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,9 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from testsupport import server as harness
+from testsupport.server import free_port
+
 from .wire import HOST, Conn
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = harness.REPO_ROOT
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 45.0  # graceful_timeout (30 s) and some
 TRACEBACK = "Traceback (most recent call last)"
@@ -41,12 +42,6 @@ def gunicorn_path() -> str:
     if found is None:
         raise RuntimeError("gunicorn not found: run `make install` and use .venv/bin/python")
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -110,31 +105,13 @@ class Server:
         self.logs.append(log_path)
         with self._log_guard:
             self._log_pos = 0
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith("UPLOADSVC_") and key != "PROMETHEUS_MULTIPROC_DIR"
-        }
-        env["UPLOADSVC_DATA_DIR"] = str(self.data_dir)
-        env.update(self.env_overrides)
-        command = [
-            gunicorn_path(),
-            "-c",
-            "gunicorn.conf.py",
-            "-b",
-            f"{HOST}:{self.port}",
-            "wsgi:app",
-        ]
-        with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        env = harness.clean_env(
+            drop=("PROMETHEUS_MULTIPROC_DIR",),
+            UPLOADSVC_DATA_DIR=str(self.data_dir),
+            **self.env_overrides,
+        )
+        command = harness.gunicorn_argv(gunicorn_path(), self.port)
+        self.proc = harness.spawn(command, env=env, log_path=log_path)
         try:
             self._wait_ready()
         except BaseException:
@@ -142,21 +119,22 @@ class Server:
             raise
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        last = "no attempt"
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise RuntimeError(f"gunicorn exited during start-up:\n{self.log_text()[-3000:]}")
-            try:
-                with self.conn(timeout=2.0) as conn:
-                    reply = conn.request("OPTIONS", "/files/")
-                if reply.status == 204 and len(self.worker_pids()) >= self.expected_workers:
-                    return
-                last = f"OPTIONS answered {reply}"
-            except OSError as error:
-                last = repr(error)
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready in {STARTUP_TIMEOUT:g} s ({last})")
+        assert self.proc is not None
+
+        def probe() -> str | None:
+            with self.conn(timeout=2.0) as conn:
+                reply = conn.request("OPTIONS", "/files/")
+            if reply.status == 204 and len(self.worker_pids()) >= self.expected_workers:
+                return None
+            return f"OPTIONS answered {reply}"
+
+        harness.wait_ready(
+            [self.proc],
+            probe,
+            timeout=STARTUP_TIMEOUT,
+            name="gunicorn",
+            log_tail=lambda: self.log_text()[-3000:],
+        )
 
     @property
     def expected_workers(self) -> int:
@@ -172,7 +150,7 @@ class Server:
         if self.proc is None or self.proc.poll() is not None:
             return 0.0
         started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        harness.terminate(self.proc)
         try:
             self.proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -184,16 +162,14 @@ class Server:
     def kill(self) -> None:
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        harness.kill_group(self.proc)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
 
     def _reap_group(self) -> None:
         """Workers outlive a master only by mistake; never leave one behind."""
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            harness.kill_group(self.proc)
 
     # -- processes ------------------------------------------------------------------
 

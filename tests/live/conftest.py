@@ -12,12 +12,10 @@ import fcntl
 import hashlib
 import http.client
 import json
-import os
 import random
 import re
 import select
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -34,15 +32,16 @@ import pytest
 from tusclient import client
 
 from tests.pg import PostgresServer
+from testsupport import server as harness
+from testsupport.server import HOST, free_port
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = harness.REPO_ROOT
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 GUNICORN = VENV_BIN / "gunicorn"
 VENV_PYTHON = VENV_BIN / "python"
 
-HOST = "127.0.0.1"
 TUS_VERSION = "1.0.0"
 OFFSET_OCTET_STREAM = "application/offset+octet-stream"
 KiB = 1024
@@ -96,12 +95,6 @@ def make_data_file(path: Path, size: int, seed: int) -> str:
             digest.update(block)
             remaining -= len(block)
     return digest.hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- HTTP helpers
@@ -413,15 +406,7 @@ class LiveServer:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                # The master and its workers: the process group we started it in.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=STOP_TIMEOUT)
+        harness.stop(self.proc, STOP_TIMEOUT)
 
 
 def start_server(base_dir: Path, env_overrides: Mapping[str, str] | None = None) -> LiveServer:
@@ -429,29 +414,9 @@ def start_server(base_dir: Path, env_overrides: Mapping[str, str] | None = None)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = base_dir / "server.log"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UPLOADSVC_")}
-    env["UPLOADSVC_DATA_DIR"] = str(data_dir)
-    env.update(env_overrides or {})
-    cmd = [
-        str(GUNICORN),
-        "-c",
-        "gunicorn.conf.py",
-        "-b",
-        f"{HOST}:{port}",
-        "--workers",
-        "2",
-        "wsgi:app",
-    ]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    env = harness.clean_env(UPLOADSVC_DATA_DIR=str(data_dir), **(env_overrides or {}))
+    cmd = harness.gunicorn_argv(GUNICORN, port, "--workers", "2")
+    proc = harness.spawn(cmd, env=env, log_path=log_path)
     server = LiveServer(base_dir, data_dir, log_path, port, proc, dict(env_overrides or {}))
     try:
         _wait_ready(server)
@@ -462,27 +427,16 @@ def start_server(base_dir: Path, env_overrides: Mapping[str, str] | None = None)
 
 
 def _wait_ready(server: LiveServer) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    last_error = "no attempt"
-    for _ in range(int(STARTUP_TIMEOUT / 0.1) + 1):
-        if not server.running():
-            raise RuntimeError(
-                f"gunicorn exited with {server.proc.returncode} during start-up:\n"
-                + server.log_text()[-4000:]
-            )
-        try:
-            resp = http_request("OPTIONS", server.endpoint, timeout=2.0)
-        except OSError as exc:
-            last_error = repr(exc)
-        else:
-            if resp.status == 204:
-                return
-            last_error = f"OPTIONS answered {resp.status}"
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    raise RuntimeError(
-        f"server not ready within {STARTUP_TIMEOUT} s ({last_error}):\n" + server.log_text()[-4000:]
+    def probe() -> str | None:
+        resp = http_request("OPTIONS", server.endpoint, timeout=2.0)
+        return None if resp.status == 204 else f"OPTIONS answered {resp.status}"
+
+    harness.wait_ready(
+        [server.proc],
+        probe,
+        timeout=STARTUP_TIMEOUT,
+        name="gunicorn",
+        log_tail=lambda: server.log_text()[-4000:],
     )
 
 
@@ -560,22 +514,24 @@ def server_factory(
 
 # --------------------------------------------------------------------------- JavaScript clients
 
-JS_DIR = REPO_ROOT / "tests" / "js"  # package.json, node scripts, page/ (npm ci --prefix tests/js)
+JS_DIR = REPO_ROOT / "tests" / "js"  # node scripts, page/
+# The one Node project's packages (package.json at the top; `make install` runs npm ci):
+# Node finds them from tests/js/ and web/ by walking up to the repository.
+NODE_MODULES = REPO_ROOT / "node_modules"
 JS_PACKAGES = ("tus-js-client", "playwright-core")
 
 
 @pytest.fixture(scope="session")
 def node() -> str:
-    """The ``node`` executable, with tests/js's packages installed.
+    """The ``node`` executable, with the Node project's packages installed.
 
     Skips only when node is not installed on this machine; missing packages fail."""
     path = shutil.which("node")
     if path is None:
         pytest.skip("node is not installed (apt-get install nodejs npm; .ci/run installs it)")
-    modules = JS_DIR / "node_modules"
-    missing = [p for p in JS_PACKAGES if not (modules / p / "package.json").is_file()]
+    missing = [p for p in JS_PACKAGES if not (NODE_MODULES / p / "package.json").is_file()]
     if missing:
-        pytest.fail(f"{missing} missing under {JS_DIR}/node_modules: run `make install`")
+        pytest.fail(f"{missing} missing under {NODE_MODULES}: run `make install`")
     return path
 
 

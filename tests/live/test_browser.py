@@ -1,7 +1,8 @@
 """tus-js-client in headless Chromium, uploading cross-origin to a live gunicorn.
 
 A static server on its own loopback port serves tests/js/ (the page tests/js/page/
-index.html and tus-js-client's browser bundle from node_modules); uploadsvc runs with
+index.html) and, under /node_modules/, the Node project's packages (tus-js-client's browser
+bundle); uploadsvc runs with
 ``UPLOADSVC_CORS_ORIGINS`` set to that origin. tests/js/browser_test.mjs (playwright-core
 driving the system's chromium) picks a 20 MiB file in the page, which uploads it in 1 MiB
 chunks, pauses itself (``abort()``) at 37 %, then resumes (``start()``) when Resume is
@@ -25,6 +26,7 @@ import pytest
 from .conftest import (
     HOST,
     JS_DIR,
+    NODE_MODULES,
     LiveServer,
     MiB,
     head_upload,
@@ -70,10 +72,19 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
+    def translate_path(self, path: str) -> str:
+        # The page loads ../node_modules/...: the Node project's, at the repository's top.
+        local = Path(super().translate_path(path))
+        served_modules = JS_DIR / "node_modules"
+        if local.is_relative_to(served_modules):
+            return str(NODE_MODULES / local.relative_to(served_modules))
+        return str(local)
+
 
 @pytest.fixture
 def static_origin() -> Iterator[str]:
-    """tests/js/ served over HTTP on a loopback port of its own (another origin)."""
+    """tests/js/ (and /node_modules/) served over HTTP on a loopback port of its own
+    (another origin)."""
     handler = functools.partial(_QuietHandler, directory=str(JS_DIR))
     server = http.server.ThreadingHTTPServer((HOST, 0), handler)
     server.daemon_threads = True

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from .conftest import (
+    NODE_MODULES,
     REPO_ROOT,
     KiB,
     LiveServer,
@@ -47,15 +48,15 @@ THROTTLE = 5 * MiB  # upload bytes per second in the browser while it pauses and
 
 @pytest.fixture(scope="module")
 def page_tools() -> tuple[str, str]:
-    """node and chromium, with web/'s packages and the page's bundle built.
+    """node and chromium, with the Node project's packages and the page's bundle built.
 
     Skips only when node or chromium are not installed; a missing build fails."""
     node = shutil.which("node")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if node is None or chromium is None:
         pytest.skip("node or chromium is not installed (.ci/run installs both)")
-    if not (WEB_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
-        pytest.fail(f"{WEB_DIR}/node_modules is missing playwright-core: run `make install`")
+    if not (NODE_MODULES / "playwright-core" / "package.json").is_file():
+        pytest.fail(f"{NODE_MODULES} is missing playwright-core: run `make install`")
     if not BUNDLE.is_file():
         pytest.fail(f"{BUNDLE} is missing: run `make install`")
     return node, chromium
