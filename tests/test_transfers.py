@@ -12,11 +12,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
+from gunicorn.http import wsgi  # type: ignore[import-untyped]
 
 from tests.conftest import OCTET, TUS
+from tests.test_body import Conn
 from uploadsvc import close_app, create_app
 from uploadsvc.errors import BodyCut, BodyIncomplete
 from uploadsvc.locking import Locker
@@ -329,14 +332,42 @@ def socket_body(sent: bytes, length: int) -> Iterator[tuple[socket.socket, dict[
 
 
 def patch_through_socket(app: Flask, length: int, sent: bytes) -> tuple[int, dict[str, str], str]:
+    """A PATCH served as gunicorn serves it (its parser, environ and Response, so the
+    connection middleware can end the body): ``sent`` arrives, then the client goes
+    quiet with the connection open."""
     client = app.test_client()
     created = client.post("/files/", headers={**TUS, "Upload-Length": str(length)})
     url = created.headers["Location"]
-    headers = {**TUS, "Content-Type": OCTET, "Upload-Offset": "0", "Content-Length": str(length)}
-    with socket_body(sent, length) as (_, environ):
-        response = client.patch(url, headers=headers, environ_overrides=environ)
+    lines = [
+        f"PATCH {urlsplit(url).path} HTTP/1.1",
+        "Host: localhost",
+        *(f"{name}: {value}" for name, value in TUS.items()),
+        f"Content-Type: {OCTET}",
+        "Upload-Offset: 0",
+        f"Content-Length: {length}",
+    ]
+    server_end, client_end = socket.socketpair()
+    with server_end, client_end:
+        client_end.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + sent)
+        conn = Conn(server_end)
+        request = next(conn.parser)
+        response, environ = wsgi.create(
+            request, server_end, ("127.0.0.1", 1), ("127.0.0.1", 2), conn.cfg
+        )
+        # The early answer lingers (connection.LINGER, 2 s) for a client that stays.
+        result = app(environ, response.start_response)
+        try:
+            for block in result:  # as gunicorn's worker writes the answer
+                response.write(block)
+            response.close()
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        status = int(str(response.status).split()[0])
+        headers = {str(name): str(value) for name, value in response.headers}
     offset = client.head(url, headers=TUS).headers["Upload-Offset"]
-    return response.status_code, dict(response.headers), offset
+    return status, headers, offset
 
 
 def test_shutdown_cut_is_503_retry_after_and_the_offset(make_app: Callable[..., Flask]) -> None:
