@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.datastructures import Headers
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from tests.conftest import TUS
@@ -27,7 +28,7 @@ def final(client: FlaskClient, *urls: str, **headers: str) -> tuple[int, str]:
 def downloaded(client: FlaskClient, url: str, **headers: str) -> bytes:
     response = client.get(url, headers=headers)
     assert response.status_code in (200, 206), response.text
-    data = response.data
+    data: bytes = response.data
     response.close()
     return data
 
@@ -174,9 +175,11 @@ def test_odd_but_valid_partial_urls_name_this_server(client: FlaskClient, url: s
 )
 def test_hostile_host_is_400(client: FlaskClient, host: str) -> None:
     """URLs are made from Host: one that can't make a URL is 400 before anything else."""
-    for headers in ({"Upload-Concat": f"final;/files/{ID}"}, {"Upload-Length": "1"}):
+    cases: list[dict[str, str]] = [{"Upload-Concat": f"final;/files/{ID}"}, {"Upload-Length": "1"}]
+    for headers in cases:
         # Straight to the app: the test client itself can't make a URL of such a Host.
-        environ = EnvironBuilder("/files/", method="POST", headers={**TUS, **headers}).get_environ()
+        sent = Headers({**TUS, **headers})
+        environ = EnvironBuilder("/files/", method="POST", headers=sent).get_environ()
         environ["HTTP_HOST"] = host
         _, status, response_headers = run_wsgi_app(client.application, environ, buffered=True)
         assert status.startswith("400 "), response_headers.get("Location")

@@ -4,7 +4,7 @@ pre_create sees finals, and no final makes the server write what it didn't recei
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -46,7 +46,14 @@ def plain(data_dir: Path, database_url: str | None) -> Iterator[tuple[Flask, Fla
     close_app(app)
 
 
-def upload(client: FlaskClient, data: bytes, *, partial: bool = False, **headers: str) -> str:
+def upload(
+    client: FlaskClient,
+    data: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    partial: bool = False,
+) -> str:
+    headers = headers or {}
     sent = {**TUS, "Upload-Length": str(len(data)), **headers}
     if partial:
         sent["Upload-Concat"] = "partial"
@@ -67,7 +74,7 @@ def files_size(data_dir: Path) -> int:
 
 def test_owner_hook_guards_every_way_in(owned: FlaskClient) -> None:
     client = owned
-    url = upload(client, b"alice's", **ALICE)
+    url = upload(client, b"alice's", ALICE)
     assert client.head(url, headers={**TUS, **ALICE}).status_code == 200
     assert downloaded(client, url, **ALICE) == b"alice's"
     # Bob gets what an unknown id gets, by every method and every route.
@@ -81,9 +88,10 @@ def test_owner_hook_guards_every_way_in(owned: FlaskClient) -> None:
     assert client.head(url, headers=TUS).status_code == 401  # no identity at all
     assert client.get("/api/uploads", headers=BOB).json == {"uploads": [], "next": None}
     listed = client.get("/api/uploads", headers=ALICE).json
+    assert listed is not None
     assert [item["url"] for item in listed["uploads"]] == [url.lstrip("/")]
     # The stamp can't be forged: pre_create replaces what the client sends.
-    forged = upload(client, b"", **BOB, **{"Upload-Metadata": "owner YWxpY2U="})
+    forged = upload(client, b"", {**BOB, "Upload-Metadata": "owner YWxpY2U="})
     assert head(client, forged).status_code == 401
     assert client.head(forged, headers={**TUS, **BOB}).headers["Upload-Metadata"] == "owner Ym9i"
     # A tombstone is its owner's business too: the hook decides before the 410.
@@ -94,8 +102,8 @@ def test_owner_hook_guards_every_way_in(owned: FlaskClient) -> None:
 
 def test_finals_need_authorize_on_every_partial(owned: FlaskClient) -> None:
     client = owned
-    mine = upload(client, b"bob", partial=True, **BOB)
-    theirs = upload(client, b"alice", partial=True, **ALICE)
+    mine = upload(client, b"bob", BOB, partial=True)
+    theirs = upload(client, b"alice", ALICE, partial=True)
     before = client.get("/api/uploads", headers=BOB).json
     # Bob can't assemble Alice's bytes into an upload of his.
     assert final(client, mine, theirs, **BOB)[0] == 404

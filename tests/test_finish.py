@@ -105,7 +105,8 @@ def download(client: FlaskClient, url: str) -> bytes:
     response = client.get(url)
     try:
         assert response.status_code == 200, response.status_code
-        return response.data
+        data: bytes = response.data
+        return data
     finally:
         response.close()
 

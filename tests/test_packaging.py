@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_SOURCE = (".git", ".venv", "node_modules", "build", "*.egg-info", "__pycache__", ".*_cache")
+NOT_SOURCE: tuple[str, ...] = (
+    ".git",
+    ".venv",
+    "node_modules",
+    "build",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+)
 NOT_SOURCE += ("var", "bench-results", "torture-results")
 
 # Run from the installed copy only: the checkout must not be on the path.

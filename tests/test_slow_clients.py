@@ -45,7 +45,6 @@ def _feed(monitor: TransferMonitor, clock: Clock, per_second: list[int]) -> list
             if reason:
                 kinds.append(kind)
         transfer.received += count
-        transfer.last_progress = clock()
     return kinds
 
 

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -380,6 +380,11 @@ def test_progress_disabled_writes_nothing() -> None:
 Fault = Callable[[requests.PreparedRequest], "requests.Response | Exception | None"]
 
 
+# BaseAdapter.send's parameters, as requests' stubs have them.
+Timeout = float | tuple[float, float] | tuple[float, None] | None
+Cert = bytes | str | tuple[bytes | str, bytes | str] | None
+
+
 class FlaskAdapter(BaseAdapter):
     """Hands requests to the Flask test client; ``faults`` see each request first and
     may answer it or raise instead (then they are used up)."""
@@ -390,8 +395,17 @@ class FlaskAdapter(BaseAdapter):
         self.faults: list[Fault] = []
         self.log: list[tuple[str, str, str | None]] = []  # method, path, Upload-Offset
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        body = request.body
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Timeout = None,
+        verify: bool | str = True,
+        cert: Cert = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        # A file when a body is streamed, though requests' stubs say bytes | str | None.
+        body: Any = request.body
         data = body.read() if hasattr(body, "read") else body
         path = urlsplit(request.url or "").path
         self.log.append((str(request.method), path, request.headers.get("Upload-Offset")))
@@ -428,7 +442,15 @@ class FlaskAdapter(BaseAdapter):
 
 
 class NoNetwork(BaseAdapter):
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Timeout = None,
+        verify: bool | str = True,
+        cert: Cert = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
         raise AssertionError(f"unit tests never reach the network: {request.url}")
 
     def close(self) -> None:

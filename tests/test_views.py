@@ -34,7 +34,7 @@ def create(client: FlaskClient, length: int | None = 10, **headers: str) -> str:
 
 
 def patch(
-    client: FlaskClient, url: str, data: bytes, offset: int = 0, **headers: str
+    client: FlaskClient, url: str, data: bytes, offset: int = 0, /, **headers: str
 ) -> TestResponse:
     return client.patch(
         url,

@@ -28,7 +28,7 @@ import inspect
 import io
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 # The gunicorn layout the socket path relies on; checked per request in _gunicorn().
@@ -82,7 +82,7 @@ def read_body(
     environ: Mapping[str, Any],
     block_size: int = BLOCK_SIZE,
     trailers: dict[str, str] | None = None,
-) -> Iterator[bytes]:
+) -> Generator[bytes]:
     """The body in blocks; nothing is read until the first block is asked for.
 
     ``block_size`` bounds the blocks of the generic path; the socket path yields blocks

@@ -122,7 +122,7 @@ def test_sigterm_keeps_bytes_and_offset(server_factory: Callable[..., LiveServer
     sockets = []
     try:
         for index, url in enumerate(urls):
-            sockets.append(stalled_patch(server, url, data, 10_000 * (index + 1)).thing)
+            sockets.append(stalled_patch(server, url, data, 10_000 * (index + 1)).__enter__())
         time.sleep(0.3)
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)

@@ -171,7 +171,7 @@ def test_tuspy_in_chunks_lands_on_both_hosts(cluster: Cluster, tmp_path: Path) -
         file_stream=io.BytesIO(data), chunk_size=3 * MiB, metadata={"filename": "both.bin"}
     )
     call_with_deadline(uploader.upload, 120, "tuspy through nginx")
-    url = uploader.url
+    url: str = uploader.url  # type: ignore[assignment]  # tuspy types url as None
     assert url.startswith(cluster.endpoint)
     ident = upload_id(url)
     patches = [cluster.served(host, "PATCH", ident) for host in cluster.hosts]
@@ -400,14 +400,15 @@ def test_file_store_on_a_shared_volume_with_postgres_locks(
                 file_stream=io.BytesIO(data), chunk_size=MiB
             )
             call_with_deadline(uploader.upload, 120, "tuspy through nginx, shared volume")
-            ident = upload_id(uploader.url)
+            upload_url: str = uploader.url  # type: ignore[assignment]  # tuspy types url as None
+            ident = upload_id(upload_url)
             patches = [
                 len(re.findall(rf"\] PATCH /files/{ident} 204 ", h.log_text())) for h in hosts
             ]
             print(f"\nshared volume: PATCHes per host {patches}")
             assert all(count >= 3 for count in patches), patches
             assert (volume / "files" / ident).read_bytes() == data
-            assert download_sha256(uploader.url) == sha256_bytes(data)
+            assert download_sha256(upload_url) == sha256_bytes(data)
             assert not (volume / "locks").exists()  # advisory locks, no lock files
         for host in hosts:
             host.stop()  # before the database goes
@@ -607,6 +608,7 @@ def drop_through_nginx(cluster: Cluster, seed: int) -> list[int]:
     url = http_request("POST", cluster.endpoint, tus_headers(Upload_Length=str(len(data)))).header(
         "Location"
     )
+    assert url is not None
     abort_connection(raw_patch(cluster, url, data, MiB + 7))
     statuses = []
     for _ in range(100):  # nginx passes the reset on, a host records: bounded wait
@@ -625,6 +627,7 @@ def refusals_through_nginx(cluster: Cluster) -> list[int]:
     url = http_request("POST", cluster.endpoint, tus_headers(Upload_Length="100")).header(
         "Location"
     )
+    assert url is not None
     big = b"\x00" * (4 * MiB)
     statuses = []
     refusals = [

@@ -24,6 +24,7 @@ after 10 s, 32 uploads per client per worker); the fast one shortens the timers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import selectors
 import threading
 import time
@@ -113,7 +114,7 @@ def run(ctx: Context, params: Params | None = None) -> Result:
     latencies: list[float] = []
     failures: list[str] = []
     tally = Tally()
-    with timed(result), running(ctx, result, NAME, **params.env) as server:
+    with timed(result), running(ctx, result, NAME, data_dir=None, **params.env) as server:
         client = Client(server, result, allowed_5xx=frozenset({503}))
         count = params.body_clients + params.crowd
         uploads: list[tuple[str, bytes]] = []
@@ -248,7 +249,7 @@ class Attack:
                 self._trickle(slow_sock, now)
             for when, upload, source in [r for r in self.retry if r[0] <= now]:
                 self.retry.remove((when, upload, source))
-                self._reopen(lambda upload=upload, source=source: self.open_body(upload, source))
+                self._reopen(functools.partial(self.open_body, upload, source))
             if now >= peak_at and not self.tally.crowd_admitted_peak:
                 # The refusals are in by now: the crowd's sockets still open went on.
                 self.tally.crowd_admitted_peak = sum(
