@@ -33,7 +33,8 @@ from tusclient import client
 
 from tests.pg import PostgresServer
 from testsupport import server as harness
-from testsupport.server import HOST, free_port
+from testsupport.server import HOST as HOST
+from testsupport.server import free_port as free_port
 
 T = TypeVar("T")
 
