@@ -25,7 +25,7 @@ from tests.test_concat import final, partial
 from tests.test_views import chunked_patch, create, head, patch, stored
 from uploadsvc import close_app, create_app
 from uploadsvc.models import Upload, UploadState
-from uploadsvc.service import UploadInfo
+from uploadsvc.records import UploadInfo
 
 
 class Receiver(BaseHTTPRequestHandler):

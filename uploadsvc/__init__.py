@@ -22,7 +22,8 @@ from .locking import Locker
 from .locking.filelock import FileLocker
 from .metrics import Metrics
 from .overrides import MethodOverride
-from .service import Limits, UploadService
+from .records import Limits
+from .service import UploadService
 from .storage import StoreUnavailable, UploadStore
 from .storage.filesystem import FileStore
 from .transfers import TransferMonitor

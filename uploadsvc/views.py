@@ -25,8 +25,8 @@ from .errors import (
     UploadTooLarge,
 )
 from .hooks import HookRequest
-from .models import Concat
-from .service import UploadInfo, UploadService
+from .records import Concat, UploadInfo
+from .service import UploadService
 from .transfers import TransferMonitor
 
 log = logging.getLogger(__name__)
