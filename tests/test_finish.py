@@ -68,10 +68,10 @@ def app(data_dir: Path, clock: Clock, database_url: str | None, webhook: str) ->
             "HOOKS": "tests.hookmods.finish_log:FinishLog",
             "WEBHOOK_URL": webhook,
             **database_settings(database_url),
-        }
+        },
+        clock=clock,
     )
     app.testing = True
-    service(app).clock = clock
     yield app
     close_app(app)
 

@@ -1,5 +1,6 @@
 """The composition root: ``create_app`` is the only place that names the concrete
-store, locker and database engine.
+store, locker and database engine, and wires the parts (parts.py) the views, CLI, page
+and ops endpoints read.
 
 Imported lazily by the package (``uploadsvc/__init__.py``), so the uploader
 (``uploadsvc.upload``) never pays for Flask, SQLAlchemy and Alembic.
@@ -8,7 +9,7 @@ Imported lazily by the package (``uploadsvc/__init__.py``), so the uploader
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
@@ -23,8 +24,9 @@ from .locking import Locker
 from .locking.filelock import FileLocker
 from .metrics import Metrics
 from .overrides import MethodOverride
+from .parts import EXTENSION, Parts, parts
 from .records import Limits
-from .service import UploadService
+from .service import UploadService, utcnow
 from .storage import StoreUnavailable, UploadStore
 from .storage.filesystem import FileStore
 from .transfers import TransferMonitor
@@ -32,18 +34,21 @@ from .transfers import TransferMonitor
 __all__ = ["check_reachable", "close_app", "create_app"]
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(
+    test_config: Mapping[str, Any] | None = None,
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> Flask:
     """Build the app from ``UPLOADSVC_*`` environment variables, or from ``test_config``
-    (keys without the prefix, e.g. ``{"DATA_DIR": tmp_path}``) when given."""
+    (keys without the prefix, e.g. ``{"DATA_DIR": tmp_path}``) when given. ``clock``
+    is the service's and the cleaner's "now" (tests pass one to move time)."""
     settings = Settings.from_env() if test_config is None else Settings.from_mapping(test_config)
     app = Flask("uploadsvc")  # the package: its templates/, static/ and logger name
-    app.config["UPLOADSVC_SETTINGS"] = settings
     ops.configure_logging(settings.log_json)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = db.make_engine(settings.database_url)
     closers: list[Callable[[], None]] = [engine.dispose]
-    app.extensions["uploadsvc.closers"] = closers
     try:
         db.upgrade(engine, settings.data_dir / "migrate.lock")
     except BaseException:
@@ -59,19 +64,22 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         listeners=[metrics.upload_event],
     )
     locker = _locker(settings, metrics.lock_waited, closers)
-    app.extensions["uploadsvc"] = UploadService(
+    store = _store(settings, closers)
+    clock = clock or utcnow
+    service = UploadService(
         sessions,
-        _store(settings, closers),
+        store,
         locker,
         Limits(
             max_size=settings.max_size,
             expire_after=timedelta(seconds=settings.expire_after),
             lock_timeout=settings.lock_timeout,
         ),
+        clock=clock,
         hooks=hooks,
         readers=readers,
     )
-    app.extensions["uploadsvc.transfers"] = TransferMonitor(
+    transfers = TransferMonitor(
         locker,
         read_timeout=settings.read_timeout,
         on_bytes=metrics.bytes_received.inc,
@@ -80,13 +88,26 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         rate_window=settings.min_rate_window,
         rate_grace=settings.min_rate_grace,
     )
-    app.extensions["uploadsvc.client_slots"] = ClientSlots(settings.max_uploads_per_client)
+    app.extensions[EXTENSION] = Parts(
+        settings=settings,
+        service=service,
+        sessions=sessions,
+        readers=readers,
+        store=store,
+        locker=locker,
+        hooks=hooks,
+        clock=clock,
+        transfers=transfers,
+        metrics=metrics,
+        client_slots=ClientSlots(settings.max_uploads_per_client),
+        closers=closers,
+    )
 
     from . import views, web
 
     app.register_blueprint(views.bp)
     web.init_app(app)
-    ops.init_app(app, metrics)
+    ops.init_app(app)
     cli.init_app(app)
     app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
     if settings.proxy_hops:
@@ -153,5 +174,6 @@ def close_app(app: Flask) -> None:
     """Release what ``create_app`` opened: database connections, lock connections and
     their listener thread, the S3 client. For tests and embedding apps; a server
     process simply exits."""
-    for close in app.extensions.pop("uploadsvc.closers", []):
-        close()
+    closers = parts(app).closers
+    while closers:  # each once, even when close_app is called again
+        closers.pop(0)()
