@@ -53,7 +53,8 @@ WEBHOOK_RETRIES = 3  # attempts after the first, 1 s, 2 s, 4 s apart
 MAX_PENDING_EVENTS = 10_000
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 
-__all__ = ["CreateChanges", "HookRequest", "Hooks", "Rejected", "load_hooks"]
+# UploadInfo (records.py) is re-exported: a hook module imports its API from here.
+__all__ = ["CreateChanges", "HookRequest", "Hooks", "Rejected", "UploadInfo", "load_hooks"]
 
 
 @dataclass(frozen=True)
