@@ -46,9 +46,12 @@ serve: install
 		UPLOADSVC_WEB_UI=$${UPLOADSVC_WEB_UI:-1} \
 		$(BIN)/gunicorn -c gunicorn.conf.py -b $(BIND) wsgi:app
 
+# lint-imports: the import layers and the framework-free core (pyproject.toml's
+# [tool.importlinter] contracts say which and why).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy
@@ -69,4 +72,5 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info build .mypy_cache .ruff_cache .pytest_cache node_modules $(WEB_ASSET)
+	rm -rf $(VENV) *.egg-info build .mypy_cache .ruff_cache .pytest_cache .import_linter_cache \
+		node_modules $(WEB_ASSET)

@@ -24,9 +24,12 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="uploadsvc-metrics-")
     os.environ["_UPLOADSVC_OWN_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
+from flask import Flask
+
 from uploadsvc import check_reachable
 from uploadsvc.config import ConfigError, ServerSettings, Settings
 from uploadsvc.hooks import load_hooks
+from uploadsvc.parts import Parts, parts
 
 # Checked like every setting: UPLOADSVC_WORKERS=abc was a traceback, =0 a server with
 # no worker. gunicorn reads this file before on_starting, so a bad value stops it here.
@@ -81,13 +84,18 @@ def on_starting(server: Any) -> None:
         sys.exit(1)
 
 
+def _parts(worker: Any) -> Parts | None:
+    """The parts of the app this worker loaded (wsgi:app), or None where none is."""
+    app = getattr(worker, "wsgi", None)
+    return parts(app) if isinstance(app, Flask) else None
+
+
 def post_worker_init(worker: Any) -> None:
     """On SIGTERM, end the PATCH bodies in flight so their offsets are recorded before
     the worker exits, instead of waiting out graceful_timeout and being killed."""
-    extensions = getattr(worker.wsgi, "extensions", {})
-    monitor = extensions.get("uploadsvc.transfers")
-    if monitor is not None:
-        monitor.stop_all_when(lambda: not worker.alive)
+    app_parts = _parts(worker)
+    if app_parts is not None:
+        app_parts.transfers.stop_all_when(lambda: not worker.alive)
 
 
 # A stopping worker waits this long at most for its queued post-events (post-finish
@@ -99,10 +107,9 @@ def worker_exit(server: Any, worker: Any) -> None:
     """In the exiting worker: deliver the post-events still queued (a completion just
     before a stop or reload), bounded, or they die with the process. gunicorn calls this
     hook in the master too (for a reaped worker), where no app is loaded: nothing to do."""
-    extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
-    service = extensions.get("uploadsvc")
-    if service is not None and worker.pid == os.getpid():
-        service.hooks.drain(timeout=HOOK_DRAIN_TIMEOUT)
+    app_parts = _parts(worker) if worker.pid == os.getpid() else None
+    if app_parts is not None:
+        app_parts.hooks.drain(timeout=HOOK_DRAIN_TIMEOUT)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -15,6 +15,7 @@ from werkzeug.middleware.lint import LintMiddleware
 from tests.pg import PostgresServer, start_postgres, stop_postgres
 from tests.s3 import AWS_ENV, S3Server, start_s3, stop_s3
 from uploadsvc import close_app, create_app
+from uploadsvc.parts import parts
 from uploadsvc.service import UploadService
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -158,19 +159,17 @@ def app(data_dir: Path, clock: Clock, database_url: str | None) -> Iterator[Flas
             "EXPIRE_AFTER": "3600",
             "LOCK_TIMEOUT": "0.2",
             **database_settings(database_url),
-        }
+        },
+        clock=clock,
     )
     app.testing = True
-    service(app).clock = clock
     app.wsgi_app = LintMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     yield app
     close_app(app)
 
 
 def service(app: Flask) -> UploadService:
-    svc = app.extensions["uploadsvc"]
-    assert isinstance(svc, UploadService)
-    return svc
+    return parts(app).service
 
 
 @pytest.fixture

@@ -62,11 +62,11 @@ def make_app(data_dir: Path, clock: Clock, database_url: str | None) -> Iterator
                 "ORPHAN_GRACE": str(ORPHAN_GRACE),
                 **database_settings(database_url),
                 **settings,
-            }
+            },
+            clock=clock,
         )
         apps.append(app)
         app.testing = True
-        service(app).clock = clock
         return app
 
     yield make

@@ -25,7 +25,7 @@ from tests.test_concat import final, partial
 from tests.test_views import chunked_patch, create, head, patch, stored
 from uploadsvc import close_app, create_app
 from uploadsvc.models import Upload, UploadState
-from uploadsvc.service import UploadInfo
+from uploadsvc.records import UploadInfo
 
 
 class Receiver(BaseHTTPRequestHandler):
@@ -68,10 +68,10 @@ def app(data_dir: Path, clock: Clock, database_url: str | None, webhook: str) ->
             "HOOKS": "tests.hookmods.finish_log:FinishLog",
             "WEBHOOK_URL": webhook,
             **database_settings(database_url),
-        }
+        },
+        clock=clock,
     )
     app.testing = True
-    service(app).clock = clock
     yield app
     close_app(app)
 

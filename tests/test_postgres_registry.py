@@ -19,6 +19,7 @@ from uploadsvc import check_reachable, close_app, create_app, db
 from uploadsvc.config import ConfigError, Settings
 from uploadsvc.locking.filelock import FileLocker
 from uploadsvc.locking.postgres import PostgresLocker
+from uploadsvc.parts import parts
 
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN = Path(sys.executable).parent / "gunicorn"
@@ -59,7 +60,7 @@ def test_the_app_picks_the_locker(tmp_path: Path, postgres: PostgresServer) -> N
         for locker, kind in (("postgres", PostgresLocker), ("file", FileLocker)):
             app = create_app({"DATA_DIR": str(tmp_path), "DATABASE_URL": url, "LOCKER": locker})
             try:
-                assert isinstance(app.extensions["uploadsvc"].locker, kind)
+                assert isinstance(parts(app).locker, kind)
             finally:
                 close_app(app)
     assert not (tmp_path / "migrate.lock").exists()  # PostgreSQL takes turns in the server

@@ -417,10 +417,10 @@ def s3_app(
             "S3_ENDPOINT_URL": s3_server.endpoint,
             "S3_PART_SIZE": str(PART),
             **database_settings(database_url),
-        }
+        },
+        clock=clock,
     )
     app.testing = True
-    service(app).clock = clock
     yield app
     close_app(app)
 

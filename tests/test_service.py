@@ -32,7 +32,8 @@ from uploadsvc.hooks import Hooks
 from uploadsvc.locking.memory import MemoryLocker
 from uploadsvc.models import Upload
 from uploadsvc.protocol import Checksum
-from uploadsvc.service import Limits, UploadInfo, UploadService
+from uploadsvc.records import Limits, UploadInfo
+from uploadsvc.service import UploadService
 from uploadsvc.storage.memory import MemoryStore
 
 EXPIRE_AFTER = timedelta(hours=1)

@@ -24,6 +24,7 @@ from uploadsvc import close_app, create_app
 from uploadsvc.errors import BodyCut, BodyIncomplete
 from uploadsvc.locking import Locker
 from uploadsvc.locking.memory import MemoryLocker
+from uploadsvc.parts import parts
 from uploadsvc.transfers import ANSWERS, TransferMonitor
 
 UPLOAD = "0" * 32
@@ -372,7 +373,7 @@ def patch_through_socket(app: Flask, length: int, sent: bytes) -> tuple[int, dic
 
 def test_shutdown_cut_is_503_retry_after_and_the_offset(make_app: Callable[..., Flask]) -> None:
     app = make_app()
-    app.extensions["uploadsvc.transfers"].stop_all_when(lambda: True)
+    parts(app).transfers.stop_all_when(lambda: True)
     status, headers, offset = patch_through_socket(app, 5000, b"y" * 1234)
     assert status == 503
     assert headers["Retry-After"] == "1"

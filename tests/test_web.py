@@ -19,6 +19,7 @@ from uploadsvc import create_app, web
 from uploadsvc.config import ConfigError, Settings
 from uploadsvc.hooks import HookRequest, Rejected
 from uploadsvc.models import Upload
+from uploadsvc.parts import parts
 
 from .conftest import OCTET, TUS
 
@@ -210,7 +211,7 @@ def test_list_is_paged_by_cursor(web_client: FlaskClient, data_dir: Path) -> Non
     # Ties on completed_at (a batch finishing in one instant) are ordered by id, and
     # paging neither repeats nor skips one.
     app = web_client.application
-    with app.extensions["uploadsvc"].sessions.begin() as session:
+    with parts(app).sessions.begin() as session:
         moment = datetime(2026, 1, 1, tzinfo=UTC)
         session.execute(update(Upload).values(completed_at=moment))
     pages = _pages(web_client, 2)

@@ -40,13 +40,15 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import Executable, select
-from sqlalchemy.orm import object_session
+from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from .config import Settings
 from .errors import UploadLocked
+from .locking import Locker
 from .models import Upload, UploadPart, UploadState
 from .protocol import UPLOAD_ID
-from .service import UploadService, named_by_live_finals, partial_in_use
+from .service import named_by_live_finals, partial_in_use
+from .storage import UploadStore
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +142,23 @@ class Report:
 
 
 class Cleaner:
-    def __init__(self, service: UploadService, retention: Retention, *, dry_run: bool = False):
-        self.service = service
-        self.sessions = service.sessions
-        self.store = service.store
-        self.locker = service.locker
-        self.clock = service.clock
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        store: UploadStore,
+        locker: Locker,
+        clock: Callable[[], datetime],
+        resume_finish: Callable[[str], bool],
+        retention: Retention,
+        dry_run: bool = False,
+    ):
+        self.sessions = sessions
+        self.store = store
+        self.locker = locker
+        self.clock = clock
+        # UploadService.resume_finish: a finish left due runs as a request would run it.
+        self.resume_finish = resume_finish
         self.retention = retention
         self.dry_run = dry_run
 
@@ -188,7 +201,7 @@ class Cleaner:
                 report.finished.append(upload_id)
                 continue
             try:
-                if self.service.resume_finish(upload_id):
+                if self.resume_finish(upload_id):
                     report.finished.append(upload_id)
             except UploadLocked:
                 report.skipped.append(upload_id)  # its holder finishes it

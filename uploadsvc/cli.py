@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import cast
 
 import click
 from alembic import command
 from alembic.config import Config
-from flask import Flask, current_app
+from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import Engine
 
 from . import db
 from .cleanup import Cleaner, Report, Retention
-from .config import Settings
-from .service import UploadService
+from .parts import parts
 
 # Exit status when cleanup failed on at least one upload (click uses 2 for bad usage).
 EXIT_FAILED = 1
@@ -41,14 +39,6 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(db_cli)
 
 
-def _settings() -> Settings:
-    return cast(Settings, current_app.config["UPLOADSVC_SETTINGS"])
-
-
-def _service() -> UploadService:
-    return cast(UploadService, current_app.extensions["uploadsvc"])
-
-
 def _alembic_config(engine: Engine) -> Config:
     config = db.alembic_config(engine)
     # Alembic's default is the sys.stdout of its import time; print where click prints.
@@ -66,7 +56,16 @@ def cleanup_command(dry_run: bool, as_json: bool) -> None:
     Uploads busy with a request are skipped and left for the next run. Prints nothing
     when there was nothing to do; exits 1 if anything failed.
     """
-    cleaner = Cleaner(_service(), Retention.from_settings(_settings()), dry_run=dry_run)
+    app_parts = parts()
+    cleaner = Cleaner(
+        sessions=app_parts.sessions,
+        store=app_parts.store,
+        locker=app_parts.locker,
+        clock=app_parts.clock,
+        resume_finish=app_parts.service.resume_finish,
+        retention=Retention.from_settings(app_parts.settings),
+        dry_run=dry_run,
+    )
     report = cleaner.run()
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -106,7 +105,7 @@ def db_upgrade(revision: str) -> None:
 
     The server also upgrades to head when it starts; this is for doing it beforehand.
     """
-    engine = db.make_engine(_settings().database_url)
+    engine = db.make_engine(parts().settings.database_url)
     try:
         config = _alembic_config(engine)
         command.upgrade(config, revision)
@@ -118,7 +117,7 @@ def db_upgrade(revision: str) -> None:
 @db_cli.command("current")
 def db_current() -> None:
     """Print the registry's revision ("(head)" when it is the newest)."""
-    engine = db.make_engine(_settings().database_url)
+    engine = db.make_engine(parts().settings.database_url)
     try:
         command.current(_alembic_config(engine))
     finally:

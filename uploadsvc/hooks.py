@@ -38,14 +38,11 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .config import ConfigError
 from .errors import HookFailed, Rejected, TusError
-from .protocol import parse_metadata
-
-if TYPE_CHECKING:
-    from .service import UploadInfo
+from .records import UploadInfo, upload_json
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +53,8 @@ WEBHOOK_RETRIES = 3  # attempts after the first, 1 s, 2 s, 4 s apart
 MAX_PENDING_EVENTS = 10_000
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 
-__all__ = ["CreateChanges", "HookRequest", "Hooks", "Rejected", "load_hooks"]
+# UploadInfo (records.py) is re-exported: a hook module imports its API from here.
+__all__ = ["CreateChanges", "HookRequest", "Hooks", "Rejected", "UploadInfo", "load_hooks"]
 
 
 @dataclass(frozen=True)
@@ -277,25 +275,3 @@ def _takes_two_arguments(hook: Callable[..., Any]) -> bool:
     kinds = [parameter.kind for parameter in parameters]
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return inspect.Parameter.VAR_POSITIONAL in kinds or sum(k in positional for k in kinds) >= 2
-
-
-def upload_json(upload: UploadInfo) -> dict[str, Any]:
-    try:
-        metadata: dict[str, str | None] | str = {
-            key: None if value is None else value.decode("utf-8", "replace")
-            for key, value in parse_metadata(upload.metadata).items()
-        }
-    except TusError:
-        # Stored by a pre_create hook in a form the header can't carry: sent as it is
-        # rather than not at all.
-        metadata = upload.metadata
-    return {
-        "id": upload.id,
-        "state": upload.state.value,
-        "length": upload.length,
-        "offset": upload.offset,
-        "metadata": metadata,
-        "concat": upload.concat.value if upload.concat else None,
-        "created_at": upload.created_at.isoformat(),
-        "completed_at": upload.completed_at.isoformat() if upload.completed_at else None,
-    }

@@ -12,15 +12,14 @@ import logging
 import re
 import time
 import uuid
-from typing import Any, cast
+from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, has_request_context, request
+from flask import Blueprint, Flask, Response, g, has_request_context, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from werkzeug.wrappers import Response as ResponseBase
 
-from .metrics import Metrics
-from .service import UploadService
+from .parts import parts
 from .storage import StoreUnavailable
 
 log = logging.getLogger("uploadsvc.requests")
@@ -114,15 +113,10 @@ def configure_logging(json_logs: bool) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def init_app(app: Flask, metrics: Metrics) -> None:
-    app.extensions["uploadsvc.metrics"] = metrics
+def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     app.before_request(_start)
     app.after_request(_finish)
-
-
-def _metrics() -> Metrics:
-    return cast(Metrics, current_app.extensions["uploadsvc.metrics"])
 
 
 def _start() -> None:
@@ -134,7 +128,7 @@ def _start() -> None:
 def _finish(response: ResponseBase) -> ResponseBase:
     seconds = time.monotonic() - g.get("started", time.monotonic())
     response.headers["X-Request-ID"] = g.get("request_id", "-")
-    _metrics().request_done(request.method, response.status_code, seconds)
+    parts().metrics.request_done(request.method, response.status_code, seconds)
     log.info(
         "%s %s %d %.3fs",
         request.method,
@@ -156,23 +150,23 @@ def _finish(response: ResponseBase) -> ResponseBase:
 
 @bp.route("/metrics", methods=["GET"])
 def metrics() -> Response:
-    return Response(_metrics().exposition(), content_type=CONTENT_TYPE_LATEST)
+    return Response(parts().metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.route("/healthz", methods=["GET"])
 def healthz() -> Response:
     """200 when the database answers and the store takes a write (or, for S3, answers)."""
-    service = cast(UploadService, current_app.extensions["uploadsvc"])
+    app_parts = parts()
     problems = []
     try:
-        with service.readers() as session:  # a read: never queued behind a writer
+        with app_parts.readers() as session:  # a read: never queued behind a writer
             session.execute(text("SELECT 1"))
     except Exception as error:  # any failure here is what the check is for
         problems.append(f"database: {type(error).__name__}")
     # The store says how it checks itself: a probe file in the data directory, or a
     # request to the S3 bucket (README "Running on several hosts").
     try:
-        service.store.check()
+        app_parts.store.check()
     except StoreUnavailable as error:
         problems.append(str(error))
     if problems:

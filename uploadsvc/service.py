@@ -13,8 +13,8 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, cast
 
 from sqlalchemy import CursorResult, Select, select, update
@@ -42,6 +42,7 @@ from .errors import (
 from .hooks import HookRequest, Hooks
 from .locking import Locker
 from .models import Concat, Upload, UploadPart, UploadState
+from .records import Limits, UploadInfo
 from .storage import NotDurable, UploadStore
 from .storage.chained import chained
 
@@ -90,53 +91,6 @@ def _holds_its_bytes(partial: Upload) -> bool:
     if partial.state is UploadState.COMPLETED:
         return partial.finished_at is not None
     return partial.state is UploadState.TERMINATED
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_size: int
-    expire_after: timedelta
-    lock_timeout: float
-
-
-@dataclass(frozen=True)
-class UploadInfo:
-    id: str
-    state: UploadState
-    length: int | None
-    offset: int
-    metadata: str  # canonical Upload-Metadata header value
-    expires_at: datetime | None
-    created_at: datetime
-    completed_at: datetime | None = None
-    # When its finish sequence ran; None while it is due (see ``_complete``).
-    finished_at: datetime | None = None
-    concat: Concat | None = None
-    parts: tuple[str, ...] = ()  # a final upload's partial upload ids, in order
-    # Headers a pre-finish hook adds to the response of the request that completed it.
-    finish_headers: dict[str, str] = field(default_factory=dict)
-    # This request ran the finish sequence (and won its compare-and-set).
-    finished_now: bool = False
-
-    @property
-    def complete(self) -> bool:
-        return self.state is UploadState.COMPLETED
-
-    @classmethod
-    def of(cls, row: Upload, parts: tuple[str, ...] = ()) -> UploadInfo:
-        return cls(
-            id=row.id,
-            state=row.state,
-            length=row.length,
-            offset=row.offset,
-            metadata=row.upload_metadata,
-            expires_at=row.expires_at,
-            created_at=row.created_at,
-            completed_at=row.completed_at,
-            finished_at=row.finished_at,
-            concat=row.concat,
-            parts=parts,
-        )
 
 
 @dataclass

@@ -6,9 +6,9 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterable
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
-from flask import Blueprint, Response, current_app, request, url_for
+from flask import Blueprint, Response, request, url_for
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_range_header
@@ -16,7 +16,6 @@ from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
 from . import body, connection, cors, db, downloads, protocol
-from .clientslots import ClientSlots
 from .config import Settings
 from .errors import (
     InsufficientStorage,
@@ -26,9 +25,9 @@ from .errors import (
     UploadTooLarge,
 )
 from .hooks import HookRequest
-from .models import Concat
-from .service import UploadInfo, UploadService
-from .transfers import TransferMonitor
+from .parts import parts
+from .records import Concat, UploadInfo
+from .service import UploadService
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +53,11 @@ NO_TUS_HEADER_METHODS = frozenset({"OPTIONS", "GET"})
 
 
 def service() -> UploadService:
-    return cast(UploadService, current_app.extensions["uploadsvc"])
+    return parts().service
 
 
 def settings() -> Settings:
-    return cast(Settings, current_app.config["UPLOADSVC_SETTINGS"])
+    return parts().settings
 
 
 @bp.before_request
@@ -260,8 +259,8 @@ def _append(
     checksum: protocol.Checksum | None,
     length: int | None = None,
 ) -> UploadInfo:
-    monitor = cast(TransferMonitor, current_app.extensions["uploadsvc.transfers"])
-    slots = cast(ClientSlots, current_app.extensions["uploadsvc.client_slots"])
+    monitor = parts().transfers
+    slots = parts().client_slots
     trailers: dict[str, str] = {}
     chunks = monitor.track(
         upload_id, body.read_body(request.environ, trailers=trailers), _stopper()

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from werkzeug.wrappers import Response as ResponseBase
 
 from . import listing
-from .config import Settings
 from .errors import TusError
 from .hooks import HookRequest
-from .service import UploadService
+from .parts import parts
 
 bp = Blueprint("web", __name__, template_folder="templates")
 
@@ -39,13 +38,8 @@ PAGE_CSP = (
 
 
 def init_app(app: Flask) -> None:
-    settings = cast(Settings, app.config["UPLOADSVC_SETTINGS"])
-    if settings.web_ui:
+    if parts(app).settings.web_ui:
         app.register_blueprint(bp)
-
-
-def _service() -> UploadService:
-    return cast(UploadService, current_app.extensions["uploadsvc"])
 
 
 def _asset_version() -> str:
@@ -65,7 +59,7 @@ def page() -> Response:
         "upload_page.html",
         version=_asset_version(),
         have_tus=(STATIC_DIR / TUS_BUNDLE).is_file(),
-        max_size=_service().limits.max_size,
+        max_size=parts().settings.max_size,
     )
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = PAGE_CSP
@@ -89,14 +83,15 @@ def uploads() -> ResponseBase:
             response = jsonify({"error": "before: not a cursor from this list's 'next'"})
             response.status_code = 400
             return response
-    service = _service()
+    app_parts = parts()
+    service, hooks = app_parts.service, app_parts.hooks
     headers = dict(request.headers)
     shown: list[dict[str, Any]] = []
-    candidates = list(listing.recent_completed(service.readers, before=before))
+    candidates = list(listing.recent_completed(app_parts.readers, before=before))
     # The hook decides on each upload as for its download, so it is given each one.
     infos = (
         service.describe_many(upload.id for upload in candidates)
-        if service.hooks.authorize_needs_upload
+        if hooks.authorize_needs_upload
         else {}
     )
     # The next page starts after the last row looked at, shown or not: one page reads
@@ -108,10 +103,10 @@ def uploads() -> ResponseBase:
             break
         scanned += 1
         last = upload
-        if service.hooks.authorize_needs_upload and upload.id not in infos:
+        if hooks.authorize_needs_upload and upload.id not in infos:
             continue  # gone since it was listed
         try:
-            service.hooks.authorize(
+            hooks.authorize(
                 HookRequest(
                     method="GET",
                     path=f"/files/{upload.id}",

@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Mapping
 
-from uploadsvc.service import UploadInfo
+from uploadsvc.records import UploadInfo
 
 EVENTS: list[tuple[str, str]] = []
 _guard = threading.Lock()

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from uploadsvc.hooks import CreateChanges, HookRequest, Rejected
 from uploadsvc.protocol import parse_metadata
-from uploadsvc.service import UploadInfo
+from uploadsvc.records import UploadInfo
 
 
 def identity(headers: Mapping[str, str]) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from uploadsvc.hooks import CreateChanges, HookRequest, Rejected
-from uploadsvc.service import UploadInfo
+from uploadsvc.records import UploadInfo
 
 EVENTS: list[tuple[str, str]] = []
 
