@@ -251,28 +251,6 @@ def test_open_assembles_if_finish_never_ran_and_reads_ranges(store: S3Store) -> 
     assert keys(store) == [f"uploads/{UPLOAD}"]
 
 
-@pytest.mark.parametrize(
-    "sizes",
-    [
-        [6 * MiB, 100_000, 7 * MiB, 3 * MiB, 5 * MiB + 1],
-        [1000, 2000, 0],
-        [2 * MiB, 2 * MiB, 2 * MiB],
-    ],
-    ids=["copy-and-merge", "small", "merged-parts"],
-)
-def test_compose_concatenates_server_side(store: S3Store, sizes: list[int]) -> None:
-    sources = [f"{n:032x}" for n in range(len(sizes))]
-    datas = [data_of(size, 10 + n) for n, size in enumerate(sizes)]
-    for source, data in zip(sources, datas, strict=True):
-        store.create(source)
-        store.append(source, 0, chunks(data))
-    store.create(UPLOAD)
-    store.compose(UPLOAD, sources)
-    assert store.size(UPLOAD) == sum(sizes)
-    assert read_all(store, UPLOAD) == b"".join(datas)
-    assert multipart_keys(store) == []
-
-
 def test_delete_removes_objects_segments_and_parts(store: S3Store) -> None:
     store.create(UPLOAD)
     store.append(UPLOAD, 0, chunks(data_of(6 * MiB, 11)))

@@ -29,10 +29,9 @@ PATCH added and the chain again ends at ``start``; parts past it are overwritten
 and completion lists only the parts the chain accounts for.
 
 ``finish`` completes the multipart upload into ``P/I`` (or copies a lone segment) and
-deletes the segments; ``open`` and ``compose`` do it too if it hasn't happened (a crash
-between the last PATCH and ``finish``). Downloads are ranged GETs of ``P/I``.
-Concatenation copies server-side (UploadPartCopy) and reads only what is too small to be
-a part of its own.
+deletes the segments; ``open`` does it too if it hasn't happened (a crash between the
+last PATCH and ``finish``). Downloads are ranged GETs of ``P/I``; a final upload
+(concatenation) has no bytes of its own and is read through its partials' objects.
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-# S3's limits: every part but the last at least 5 MiB, one copied range at most 5 GiB.
+# S3's limit: every part but the last at least 5 MiB.
 MIN_PART = 5 * MIB
 # boto3's connection pool, per worker process. Each request thread using the store
 # holds one connection at a time (parts go one after another), and gunicorn runs
@@ -73,7 +72,6 @@ POOL_CONNECTIONS = 512
 # A PATCH's part buffer grows with its body up to this size (a small PATCH stays
 # small); past it, it takes the whole part at once (see _PartWriter).
 GROW_IN_STEPS = 1 * MIB
-MAX_COPY = 5 * 1024 * MIB
 SEGMENTS = ".incomplete/"
 # More segments than this in one part (clients sending tiny PATCHes) are merged into one
 # at the start of the next PATCH, so listing an upload stays one request.
@@ -338,7 +336,7 @@ class S3Store:
         try:
             self._assemble(upload_id)
         except (BotoCoreError, ClientError, OSError, ValueError) as error:
-            # open() and compose() assemble it if it still isn't done.
+            # open() assembles it if it still isn't done.
             log.warning("upload %s: assembling its object failed (%s); later", upload_id, error)
 
     def _assemble(self, upload_id: str) -> int:
@@ -413,66 +411,6 @@ class S3Store:
                 return parts
             marker = int(page.get("NextPartNumberMarker", 0))
         raise RuntimeError(f"listing the parts of {key} did not end")
-
-    def compose(self, upload_id: str, source_ids: Iterable[str]) -> None:
-        sources = [(self._key(source), self._assemble(source)) for source in source_ids]
-        key = self._key(upload_id)
-        self._abort_multipart(key)  # a compose that crashed earlier
-        total = sum(size for _, size in sources)
-        if total <= self.part_size:
-            data = bytearray()
-            for source, size in sources:
-                data += self._get_range(source, 0, size)
-            self._put(key, data)
-        else:
-            self._compose_parts(key, sources)
-        self._delete_segments(upload_id, self._state(upload_id))
-
-    def _compose_parts(self, key: str, sources: list[tuple[str, int]]) -> None:
-        """Server-side copies of ranges big enough to be parts; smaller pieces are read
-        and merged into parts of their own (at most one part in memory)."""
-        multipart = self._multipart_id(key, create=True)
-        assert multipart is not None
-        completed: list[CompletedPartTypeDef] = []
-        pending = bytearray()
-
-        def upload(data: bytearray) -> None:
-            number = len(completed) + 1
-            completed.append(
-                {"PartNumber": number, "ETag": self._upload_part(key, multipart, number, data)}
-            )
-
-        for source, size in sources:
-            position = 0
-            # Each round copies or reads at least one byte.
-            for _ in range(size + 1):
-                remaining = size - position
-                if remaining <= 0:
-                    break
-                if not pending and remaining >= MIN_PART:
-                    length = min(remaining, MAX_COPY)
-                    with self._errors():
-                        copied = self.client.upload_part_copy(
-                            Bucket=self.bucket,
-                            Key=key,
-                            UploadId=multipart,
-                            PartNumber=len(completed) + 1,
-                            CopySource={"Bucket": self.bucket, "Key": source},
-                            CopySourceRange=f"bytes={position}-{position + length - 1}",
-                        )
-                    etag = str(copied["CopyPartResult"].get("ETag", ""))
-                    completed.append({"PartNumber": len(completed) + 1, "ETag": etag})
-                    position += length
-                else:
-                    take = min(remaining, self.part_size - len(pending))
-                    pending += self._get_range(source, position, take)
-                    position += take
-                    if len(pending) >= self.part_size:
-                        upload(pending)
-                        pending = bytearray()
-        if pending:
-            upload(pending)
-        self._complete_multipart(key, multipart, completed)
 
     # -- reading -------------------------------------------------------------------------
 
