@@ -26,7 +26,8 @@ from uploadsvc import check_reachable, close_app, create_app
 from uploadsvc.config import ConfigError, Settings
 from uploadsvc.errors import InsufficientStorage
 from uploadsvc.storage import StoreUnavailable
-from uploadsvc.storage.s3 import MAX_SEGMENTS, S3Store, _S3Errors
+from uploadsvc.storage.s3 import MAX_SEGMENTS, S3Store
+from uploadsvc.storage.s3.bucket import s3_errors
 
 MiB = 1024 * 1024
 PART = 5 * MiB  # S3's smallest part: the tests cross part boundaries cheaply
@@ -314,7 +315,7 @@ def test_check(store: S3Store, make_store: Callable[..., S3Store], s3_server: S3
 
 def test_a_full_bucket_is_507() -> None:
     error = ClientError({"Error": {"Code": "XMinioStorageFull", "Message": "full"}}, "PutObject")
-    with pytest.raises(InsufficientStorage), _S3Errors():
+    with pytest.raises(InsufficientStorage), s3_errors():
         raise error
 
 
