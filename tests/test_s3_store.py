@@ -14,9 +14,10 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -316,6 +317,49 @@ def test_check(store: S3Store, make_store: Callable[..., S3Store], s3_server: S3
 def test_a_full_bucket_is_507() -> None:
     error = ClientError({"Error": {"Code": "XMinioStorageFull", "Message": "full"}}, "PutObject")
     with pytest.raises(InsufficientStorage), s3_errors():
+        raise error
+
+
+def client_error(code: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "no"}}, "AnyCall")
+
+
+@pytest.mark.parametrize(
+    ("error", "options", "ours", "message"),
+    [
+        (client_error("QuotaExceeded"), {}, InsufficientStorage, "no space"),
+        (client_error("NoSuchKey"), {}, ClientError, "NoSuchKey"),  # the caller's to judge
+        (
+            client_error("NoSuchKey"),
+            {"missing": {"NoSuchKey"}, "name": "s3://b/k"},
+            FileNotFoundError,
+            "s3://b/k",
+        ),
+        (
+            client_error("NoSuchBucket"),
+            {"unavailable": "s3://b/p/"},
+            StoreUnavailable,
+            "^s3://b/p/: NoSuchBucket$",
+        ),
+        (
+            EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
+            {"unavailable": "s3://b/"},
+            StoreUnavailable,
+            r"^s3://b/: .*127\.0\.0\.1:9",
+        ),
+        (
+            EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
+            {},
+            EndpointConnectionError,
+            "127",
+        ),
+        (ValueError("a bug"), {"unavailable": "s3://b/"}, ValueError, "a bug"),
+    ],
+)
+def test_s3_errors_maps_once(
+    error: Exception, options: dict[str, Any], ours: type[Exception], message: str
+) -> None:
+    with pytest.raises(ours, match=message), s3_errors(**options):
         raise error
 
 
