@@ -14,9 +14,10 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -26,7 +27,8 @@ from uploadsvc import check_reachable, close_app, create_app
 from uploadsvc.config import ConfigError, Settings
 from uploadsvc.errors import InsufficientStorage
 from uploadsvc.storage import StoreUnavailable
-from uploadsvc.storage.s3 import MAX_SEGMENTS, S3Store, _S3Errors
+from uploadsvc.storage.s3 import MAX_SEGMENTS, S3Store
+from uploadsvc.storage.s3.bucket import s3_errors
 
 MiB = 1024 * 1024
 PART = 5 * MiB  # S3's smallest part: the tests cross part boundaries cheaply
@@ -253,28 +255,6 @@ def test_open_assembles_if_finish_never_ran_and_reads_ranges(store: S3Store) -> 
     assert keys(store) == [f"uploads/{UPLOAD}"]
 
 
-@pytest.mark.parametrize(
-    "sizes",
-    [
-        [6 * MiB, 100_000, 7 * MiB, 3 * MiB, 5 * MiB + 1],
-        [1000, 2000, 0],
-        [2 * MiB, 2 * MiB, 2 * MiB],
-    ],
-    ids=["copy-and-merge", "small", "merged-parts"],
-)
-def test_compose_concatenates_server_side(store: S3Store, sizes: list[int]) -> None:
-    sources = [f"{n:032x}" for n in range(len(sizes))]
-    datas = [data_of(size, 10 + n) for n, size in enumerate(sizes)]
-    for source, data in zip(sources, datas, strict=True):
-        store.create(source)
-        store.append(source, 0, chunks(data))
-    store.create(UPLOAD)
-    store.compose(UPLOAD, sources)
-    assert store.size(UPLOAD) == sum(sizes)
-    assert read_all(store, UPLOAD) == b"".join(datas)
-    assert multipart_keys(store) == []
-
-
 def test_delete_removes_objects_segments_and_parts(store: S3Store) -> None:
     store.create(UPLOAD)
     store.append(UPLOAD, 0, chunks(data_of(6 * MiB, 11)))
@@ -338,7 +318,50 @@ def test_check(store: S3Store, make_store: Callable[..., S3Store], s3_server: S3
 
 def test_a_full_bucket_is_507() -> None:
     error = ClientError({"Error": {"Code": "XMinioStorageFull", "Message": "full"}}, "PutObject")
-    with pytest.raises(InsufficientStorage), _S3Errors():
+    with pytest.raises(InsufficientStorage), s3_errors():
+        raise error
+
+
+def client_error(code: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "no"}}, "AnyCall")
+
+
+@pytest.mark.parametrize(
+    ("error", "options", "ours", "message"),
+    [
+        (client_error("QuotaExceeded"), {}, InsufficientStorage, "no space"),
+        (client_error("NoSuchKey"), {}, ClientError, "NoSuchKey"),  # the caller's to judge
+        (
+            client_error("NoSuchKey"),
+            {"missing": {"NoSuchKey"}, "name": "s3://b/k"},
+            FileNotFoundError,
+            "s3://b/k",
+        ),
+        (
+            client_error("NoSuchBucket"),
+            {"unavailable": "s3://b/p/"},
+            StoreUnavailable,
+            "^s3://b/p/: NoSuchBucket$",
+        ),
+        (
+            EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
+            {"unavailable": "s3://b/"},
+            StoreUnavailable,
+            r"^s3://b/: .*127\.0\.0\.1:9",
+        ),
+        (
+            EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
+            {},
+            EndpointConnectionError,
+            "127",
+        ),
+        (ValueError("a bug"), {"unavailable": "s3://b/"}, ValueError, "a bug"),
+    ],
+)
+def test_s3_errors_maps_once(
+    error: Exception, options: dict[str, Any], ours: type[Exception], message: str
+) -> None:
+    with pytest.raises(ours, match=message), s3_errors(**options):
         raise error
 
 

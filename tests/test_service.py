@@ -111,9 +111,7 @@ def start(
 
     def new_service() -> UploadService:
         hooks = Hooks(listeners=[lambda event, info: events.append((event, info.id))])
-        # MemoryStore has no compose, which issue 14 drops from UploadStore (S3's own):
-        # remove this ignore once it has (mypy then calls it unused).
-        return UploadService(registry, store, locker, LIMITS, clock=clock, hooks=hooks)  # type: ignore[arg-type]
+        return UploadService(registry, store, locker, LIMITS, clock=clock, hooks=hooks)
 
     return new_service
 

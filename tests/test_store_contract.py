@@ -15,7 +15,7 @@ from uploadsvc.storage.memory import MemoryStore
 
 A = "a" * 32
 B = "b" * 32
-# The stores under contract (every Store method but S3's own ``compose``).
+# The stores under contract.
 Store = FileStore | MemoryStore
 
 

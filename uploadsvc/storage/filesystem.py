@@ -15,6 +15,7 @@ from typing import BinaryIO
 from ..directory import scan_files
 from ..errors import InsufficientStorage
 from . import NotDurable, StoreUnavailable
+from .errors import translated
 
 COPY_BLOCK = 1024 * 1024
 # A long append hands its data to writeback in steps of this many bytes, and drops it
@@ -164,12 +165,12 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-class _disk_errors:
+def _disk_errors() -> translated:
     """Turn a full disk into ``InsufficientStorage``; other OS errors stay bugs."""
+    return translated(_full_disk)
 
-    def __enter__(self) -> None:
-        return None
 
-    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InsufficientStorage() from error
+def _full_disk(error: Exception) -> InsufficientStorage | None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage()
+    return None
