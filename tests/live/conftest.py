@@ -415,7 +415,8 @@ def start_server(base_dir: Path, env_overrides: Mapping[str, str] | None = None)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = base_dir / "server.log"
     port = free_port()
-    env = harness.clean_env(UPLOADSVC_DATA_DIR=str(data_dir), **(env_overrides or {}))
+    # The caller's settings win, a data dir of its own (a shared volume) included.
+    env = harness.clean_env(**{"UPLOADSVC_DATA_DIR": str(data_dir), **(env_overrides or {})})
     cmd = harness.gunicorn_argv(GUNICORN, port, "--workers", "2")
     proc = harness.spawn(cmd, env=env, log_path=log_path)
     server = LiveServer(base_dir, data_dir, log_path, port, proc, dict(env_overrides or {}))
