@@ -11,40 +11,24 @@ import io
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
+from .seekable import SizedReader
+
 READ_BUFFER = 1024 * 1024
 
 
-class ChainedReader(io.RawIOBase):
+class ChainedReader(SizedReader):
     """Reads ``segments`` (an open file and how many of its bytes belong, from its
     start), one after another. The same file may appear in several segments: it is
     sought to the right place before every read, never trusted to be there."""
 
     def __init__(self, segments: Sequence[tuple[BinaryIO, int]]) -> None:
-        super().__init__()
         self.segments = list(segments)
         self.starts: list[int] = []
         total = 0
         for _, size in self.segments:
             self.starts.append(total)
             total += size
-        self.size = total
-        self.position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self.position = base + offset
-        return self.position
+        super().__init__(total)
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")

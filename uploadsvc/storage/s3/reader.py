@@ -2,48 +2,25 @@
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable
 from typing import Any
 
+from ..seekable import SizedReader
 from .bucket import Bucket
 
 
-class ObjectReader(io.RawIOBase):
+class ObjectReader(SizedReader):
     """A finished object as a seekable read-only file: one streaming ranged GET from
     the current position, reopened after each seek. ``If-Match`` pins the object read."""
 
     def __init__(self, bucket: Bucket, key: str, size: int, etag: str) -> None:
-        super().__init__()
+        super().__init__(size)
         self.bucket = bucket
         self.key = key
-        self.size = size
         self.etag = etag
-        self.position = 0
         self._body: Any = None
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        bases: dict[int, Callable[[], int]] = {
-            io.SEEK_SET: lambda: 0,
-            io.SEEK_CUR: lambda: self.position,
-            io.SEEK_END: lambda: self.size,
-        }
-        position = bases[whence]() + offset
-        if position < 0:
-            raise ValueError("negative seek position")
-        if position != self.position:
-            self._drop_body()
-            self.position = position
-        return position
+    def moved(self) -> None:
+        self._drop_body()  # the stream was for the old position
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
