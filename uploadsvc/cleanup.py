@@ -44,8 +44,9 @@ from sqlalchemy.orm import object_session
 
 from .config import Settings
 from .errors import UploadLocked
+from .locking import CLEANUP_RUN_LOCK
 from .models import Upload, UploadPart, UploadState
-from .protocol import UPLOAD_ID
+from .protocol import is_upload_id
 from .service import UploadService, named_by_live_finals, partial_in_use
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ LIVE = (UploadState.ACTIVE, UploadState.COMPLETED)
 TOMBSTONES = (UploadState.TERMINATED, UploadState.EXPIRED)
 # Ids per IN (...) query: well under SQLite's bound-parameter limit.
 QUERY_BATCH = 500
-# The lock a run holds: a name no request can lock, as upload ids have at least 8 characters.
-RUN_LOCK = "cleanup"
+# The lock a run holds: a run-lock name (locking.RUN_LOCKS), which no request can lock.
+RUN_LOCK = CLEANUP_RUN_LOCK
 
 
 @dataclass(frozen=True)
@@ -285,9 +286,9 @@ class Cleaner:
         # Files first, then rows: a row inserted after the listing makes its file live
         # (it is young, so the grace would have spared it anyway).
         old = now - self.retention.orphan_grace
-        files = {i: when for i, when in self.store.scan() if UPLOAD_ID.fullmatch(i)}
+        files = {i: when for i, when in self.store.scan() if is_upload_id(i)}
         # Not the run lock's own file, nor anything else no upload could have made.
-        locks = {i: when for i, when in self.locker.scan() if UPLOAD_ID.fullmatch(i)}
+        locks = {i: when for i, when in self.locker.scan() if is_upload_id(i)}
         states = self._states(files.keys() | locks.keys())
         in_use = set(self._ids(named_by_live_finals()))
 

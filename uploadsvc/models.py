@@ -21,7 +21,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The longest upload id: a pre-create hook may choose up to 64 characters
-# (protocol.UPLOAD_ID); the server's own are 32.
+# (protocol.is_upload_id); the server's own are 32.
 ID_LENGTH = 64
 
 

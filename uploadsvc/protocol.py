@@ -203,7 +203,7 @@ def upload_id_from_url(url: str, request_url: str, files_url: str) -> str | None
     if target.query or target.fragment or not target.path.startswith(prefix):
         return None
     upload_id = target.path[len(prefix) :]
-    return upload_id if UPLOAD_ID.fullmatch(upload_id) else None
+    return upload_id if is_upload_id(upload_id) else None
 
 
 def require_offset_content_type(value: str | None) -> None:

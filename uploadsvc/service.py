@@ -228,7 +228,7 @@ class UploadService:
         return self._after_finish(info)
 
     def _chosen_id(self, upload_id: str) -> str:
-        if not protocol.UPLOAD_ID.fullmatch(upload_id):
+        if not protocol.is_upload_id(upload_id):
             log.error("pre_create hook chose an invalid upload id %r", upload_id)
             raise HookFailed("the server's pre-create hook chose an invalid id")
         with self.sessions.begin() as session:
@@ -442,7 +442,7 @@ class UploadService:
 
     def describe_many(self, upload_ids: Iterable[str]) -> dict[str, UploadInfo]:
         """``describe`` for many ids at once (unknown ones are left out)."""
-        wanted = sorted({i for i in upload_ids if protocol.UPLOAD_ID.fullmatch(i)})
+        wanted = sorted({i for i in upload_ids if protocol.is_upload_id(i)})
         infos: dict[str, UploadInfo] = {}
         with self.readers.begin() as session:
             for start in range(0, len(wanted), _QUERY_BATCH):
@@ -491,7 +491,7 @@ class UploadService:
         No lock: a completed upload's bytes never change, and an open file survives a
         concurrent DELETE.
         """
-        if not protocol.UPLOAD_ID.fullmatch(upload_id):
+        if not protocol.is_upload_id(upload_id):
             raise UploadNotFound()
         with self.readers.begin() as session:
             row = self._load(session, upload_id, reconcile=False)
@@ -753,7 +753,7 @@ class UploadService:
                 continue
 
     def _locked(self, upload_id: str) -> AbstractContextManager[None]:
-        if not protocol.UPLOAD_ID.fullmatch(upload_id):
+        if not protocol.is_upload_id(upload_id):
             # Never a path: only ids we could have made reach storage and locks.
             raise UploadNotFound()
         if self.store.size(upload_id) is None:

@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from ..directory import scan_files
 from ..errors import InsufficientStorage
+from ..protocol import is_upload_id
 from . import NotDurable, StoreUnavailable
 
 COPY_BLOCK = 1024 * 1024
@@ -24,8 +25,9 @@ WRITEBACK_WINDOW = 8
 
 
 class FileStore:
-    """One file per upload. Ids are validated by the caller (hex only), so they are
-    safe path components; ``_path`` still refuses anything else as a last guard."""
+    """One file per upload. Ids are validated by the caller (``protocol.is_upload_id``),
+    so they are safe path components; ``_path`` still refuses anything else as a last
+    guard."""
 
     def __init__(self, directory: Path, *, fsync: bool = True) -> None:
         self.directory = directory
@@ -33,7 +35,7 @@ class FileStore:
         directory.mkdir(parents=True, exist_ok=True)
 
     def _path(self, upload_id: str) -> Path:
-        if not _safe_id(upload_id):
+        if not is_upload_id(upload_id):
             raise ValueError(f"unsafe upload id {upload_id!r}")
         return self.directory / upload_id
 
@@ -138,7 +140,7 @@ class FileStore:
 
     def scan(self) -> list[tuple[str, datetime]]:
         # Only names the store could have made.
-        return scan_files(self.directory, lambda name: name if _safe_id(name) else None)
+        return scan_files(self.directory, lambda name: name if is_upload_id(name) else None)
 
     def check(self) -> None:
         """The directory takes a write that reaches the disk."""
@@ -150,10 +152,6 @@ class FileStore:
         except OSError as error:
             reason = error.strerror or type(error).__name__
             raise StoreUnavailable(f"data directory: {reason}") from error
-
-
-def _safe_id(upload_id: str) -> bool:
-    return upload_id.isalnum() and upload_id.isascii()
 
 
 def _fsync_directory(directory: Path) -> None:
