@@ -539,3 +539,39 @@ class FullDisk:
         error = sqlite3.OperationalError("database or disk is full")
         error.sqlite_errorcode = sqlite3.SQLITE_FULL
         raise OperationalError("BEGIN IMMEDIATE", {}, error)
+
+
+class FullDiskAfter:
+    """Write sessions whose disk fills up after the first ``room`` transactions."""
+
+    def __init__(self, writers: Any, room: int) -> None:
+        self.writers = writers
+        self.room = room
+
+    def begin(self) -> Any:
+        if self.room <= 0:
+            return FullDisk().begin()
+        self.room -= 1
+        return self.writers.begin()
+
+
+def test_a_full_registry_is_507_wherever_it_is_met(
+    app: Flask, client: FlaskClient, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = create(client, 10)
+    writers = service(app).sessions
+    # A creation the registry can't take: the views' handler answers 507.
+    monkeypatch.setattr(service(app), "sessions", FullDisk())
+    response = client.post("/files/", headers={**TUS, "Upload-Length": "5"})
+    assert response.status_code == 507
+    assert response.get_data(as_text=True) == "no space left for the upload registry\n"
+    # A PATCH whose bytes landed but can't be recorded: put back, and 507 says where
+    # to resume (the service's write path, the same rule).
+    monkeypatch.setattr(service(app), "sessions", FullDiskAfter(writers, 1))
+    response = patch(client, url, b"abc")
+    assert response.status_code == 507
+    assert response.headers["Upload-Offset"] == "0"
+    assert response.get_data(as_text=True) == "no space left for the upload registry\n"
+    assert stored(data_dir, url) == b""
+    monkeypatch.setattr(service(app), "sessions", writers)
+    assert patch(client, url, b"abc").status_code == 204

@@ -477,7 +477,7 @@ class UploadService:
                         row = self._load(session, upload_id)
                         info = UploadInfo.of(row, self._parts(session, row))
                 except OperationalError as error:
-                    if not (db.is_disk_full(error) and size == info.offset):
+                    if db.registry_full(error) is None or size != info.offset:
                         raise
                     # A full disk refuses to clear the flag, but the answer stands: the
                     # next PATCH's transaction clears it before writing.
@@ -867,11 +867,12 @@ class UploadService:
                 self._mark_complete_if_done(row)
                 return UploadInfo.of(row)
         except OperationalError as error:
-            if not db.is_disk_full(error):
+            full = db.registry_full(error, offset=start)
+            if full is None:
                 raise
             # The registry's disk is full too, so it can't learn of the new bytes: put
             # the file back to what the registry says (freeing their space) and tell the
             # client to resume from there. Left in place, they would make every later
             # request, HEAD included, try to record them and fail the same way.
             self.store.truncate(upload_id, start)
-            raise InsufficientStorage("no space left to record the upload", offset=start) from error
+            raise full from error

@@ -18,7 +18,6 @@ from . import body, connection, cors, db, downloads, protocol
 from .clientslots import ClientSlots
 from .config import Settings
 from .errors import (
-    InsufficientStorage,
     InvalidHeader,
     TusError,
     UnsupportedVersion,
@@ -358,9 +357,10 @@ def tus_error(error: TusError) -> Response:
 @bp.app_errorhandler(OperationalError)
 def database_error(error: OperationalError) -> Response:
     """A full disk under SQLite is the operator's to fix, not a bug: 507, like data."""
-    if db.is_disk_full(error):
-        return tus_error(InsufficientStorage("no space left for the upload registry"))
-    raise error
+    full = db.registry_full(error)
+    if full is None:
+        raise error
+    return tus_error(full)
 
 
 @bp.app_errorhandler(HTTPException)
