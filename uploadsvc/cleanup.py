@@ -199,16 +199,9 @@ class Cleaner:
 
     def _expire(self, now: datetime, report: Report, seen: set[str]) -> None:
         def still_due(row: Upload | None) -> bool:
-            return (
-                row is not None
-                and row.state is UploadState.ACTIVE
-                and row.expires_at is not None
-                and row.expires_at <= now
-            )
+            return row is not None and row.expired_at(now)
 
-        query = select(Upload.id).where(
-            Upload.state == UploadState.ACTIVE, Upload.expires_at <= now
-        )
+        query = select(Upload.id).where(Upload.expired_by(now))
         for upload_id in self._unseen(self._ids(query), seen):
             self._attempt(upload_id, report, "expired", lambda i: self._bury(i, now, still_due))
 

@@ -41,7 +41,7 @@ from .errors import (
 )
 from .hooks import HookRequest, Hooks
 from .locking import Locker
-from .models import Concat, Upload, UploadPart, UploadState
+from .models import Concat, Upload, UploadPart, UploadState, is_expired
 from .storage import NotDurable, UploadStore
 from .storage.chained import chained
 
@@ -380,10 +380,8 @@ class UploadService:
             return self._assemble(row.id)
 
     def _partial_length(self, partial: UploadInfo) -> int:
-        if partial.state in (UploadState.TERMINATED, UploadState.EXPIRED) or (
-            partial.state is UploadState.ACTIVE
-            and partial.expires_at is not None
-            and partial.expires_at <= self.clock()
+        if partial.state in (UploadState.TERMINATED, UploadState.EXPIRED) or is_expired(
+            partial.state, partial.expires_at, self.clock()
         ):
             raise UploadGone(f"partial upload {partial.id} expired or terminated")
         if partial.concat is not Concat.PARTIAL:
@@ -771,8 +769,7 @@ class UploadService:
             raise UploadNotFound()
         if row.state in (UploadState.TERMINATED, UploadState.EXPIRED):
             raise UploadGone()
-        now = self.clock()
-        if row.state is UploadState.ACTIVE and row.expires_at and row.expires_at <= now:
+        if row.expired_at(self.clock()):
             raise UploadGone("upload expired")
         if reconcile:
             self._reconcile(row)
