@@ -337,12 +337,8 @@ class UploadService:
             if request is not None:
                 # Before anything but "unknown" is told of it: whose bytes a final
                 # may read is the hook's call, as for a download of the partial.
-                read = replace(
-                    request,
-                    method="GET",
-                    path=f"{request.path.rstrip('/')}/{partial_id}",
-                    upload_id=partial_id,
-                )
+                # (a creation's path is the files path)
+                read = request.read_of(partial_id, request.path)
                 self.hooks.authorize(read, partials[partial_id])
         length = sum(self._partial_length(partials[partial_id]) for partial_id in partial_ids)
         self._check_size(length)

@@ -30,7 +30,9 @@ from .transfers import TransferMonitor
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("tus", __name__, url_prefix="/files")
+# Where uploads live: the page's list asks the authorize hook about each as a GET here.
+FILES_PATH = "/files"
+bp = Blueprint("tus", __name__, url_prefix=FILES_PATH)
 
 EXTENSIONS = (
     "creation",
@@ -97,6 +99,7 @@ def require_usable_host() -> None:
 
 
 def hook_request() -> HookRequest:
+    """The request as the hooks see it: the one place one is made of Flask's."""
     view_args = request.view_args or {}
     return HookRequest(
         method=request.method,

@@ -21,8 +21,8 @@ from werkzeug.wrappers import Response as ResponseBase
 from . import listing
 from .config import Settings
 from .errors import TusError
-from .hooks import HookRequest
 from .service import UploadService
+from .views import FILES_PATH, hook_request
 
 bp = Blueprint("web", __name__, template_folder="templates")
 
@@ -90,7 +90,7 @@ def uploads() -> ResponseBase:
             response.status_code = 400
             return response
     service = _service()
-    headers = dict(request.headers)
+    asking = hook_request()
     shown: list[dict[str, Any]] = []
     candidates = list(listing.recent_completed(service.readers, before=before))
     # The hook decides on each upload as for its download, so it is given each one.
@@ -111,16 +111,7 @@ def uploads() -> ResponseBase:
         if service.hooks.authorize_needs_upload and upload.id not in infos:
             continue  # gone since it was listed
         try:
-            service.hooks.authorize(
-                HookRequest(
-                    method="GET",
-                    path=f"/files/{upload.id}",
-                    upload_id=upload.id,
-                    headers=headers,
-                    remote_addr=request.remote_addr,
-                ),
-                infos.get(upload.id),
-            )
+            service.hooks.authorize(asking.read_of(upload.id, FILES_PATH), infos.get(upload.id))
         except TusError:
             continue  # not theirs to see
         shown.append(
