@@ -43,15 +43,11 @@ class UploadStore(Protocol):
         """Drop everything past ``size`` (unverified or excess bytes)."""
         ...
 
-    def compose(self, upload_id: str, source_ids: Iterable[str]) -> None:
-        """Fill ``upload_id`` with the sources' bytes, in order (concatenation)."""
-        ...
-
     def finish(self, upload_id: str) -> None:
         """The upload is complete: its bytes will not change again. A store that keeps
         bytes in pieces while they arrive makes them one object now (S3 completes the
         multipart upload), so that post-finish hooks find it whole. Best effort: a store
-        that couldn't must still do it in ``open`` or ``compose``."""
+        that couldn't must still do it in ``open``."""
         ...
 
     def open(self, upload_id: str) -> BinaryIO:

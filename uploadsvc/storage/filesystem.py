@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import tempfile
 from collections import deque
 from collections.abc import Iterable
@@ -17,7 +16,6 @@ from ..errors import InsufficientStorage
 from ..protocol import is_upload_id
 from . import NotDurable, StoreUnavailable
 
-COPY_BLOCK = 1024 * 1024
 # A long append hands its data to writeback in steps of this many bytes, and drops it
 # from the page cache once it is this many steps behind.
 WRITEBACK_STEP = 8 * 1024 * 1024
@@ -118,16 +116,6 @@ class FileStore:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-
-    def compose(self, upload_id: str, source_ids: Iterable[str]) -> None:
-        with _disk_errors(), self._path(upload_id).open("r+b") as target:
-            target.truncate(0)
-            for source_id in source_ids:
-                with self._path(source_id).open("rb") as source:
-                    shutil.copyfileobj(source, target, COPY_BLOCK)
-            target.flush()
-            if self.fsync:
-                os.fsync(target.fileno())
 
     def finish(self, upload_id: str) -> None:
         """A file is whole all along."""
