@@ -94,6 +94,10 @@ class FileLocker:
             return upload_id in self._held
 
     def release_requested(self, upload_id: str) -> bool:
+        if not is_lock_name(upload_id):
+            # A request for an id no lock can have (the transfer monitor watches a body
+            # before the service has looked at its id): nobody can be waiting.
+            return False
         try:
             requested = self._release_path(upload_id).stat().st_mtime
         except FileNotFoundError:
