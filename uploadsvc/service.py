@@ -21,7 +21,7 @@ from sqlalchemy import CursorResult, Select, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from . import db, protocol
+from . import checksums, db, protocol
 from .errors import (
     BodyIncomplete,
     ChecksumMismatch,
@@ -141,16 +141,13 @@ class UploadInfo:
 
 @dataclass
 class _BodyGuard:
-    """Passes body chunks through, stopping at ``limit`` bytes and hashing them with
-    each of ``algorithms`` (all of them when the checksum comes as a trailer)."""
+    """Passes body chunks through, stopping at ``limit`` bytes and handing them to the
+    checksum ``verifier``."""
 
     limit: int
-    algorithms: Iterable[str] = ()
+    verifier: checksums.Verifier
     received: int = 0
     overflow: bool = False
-
-    def __post_init__(self) -> None:
-        self.hashers = {name: protocol.CHECKSUM_ALGORITHMS[name]() for name in self.algorithms}
 
     def wrap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
@@ -161,17 +158,15 @@ class _BodyGuard:
                 chunk = chunk[:room]
             if chunk:
                 self.received += len(chunk)
-                for hasher in self.hashers.values():
-                    hasher.update(chunk)
+                self.verifier.update(chunk)
                 yield chunk
             if self.overflow:
                 return
 
-    def matches(self, checksum: protocol.Checksum | None) -> bool:
-        if checksum is None:
+    def matches(self) -> bool:
+        if self.verifier.expected is None:
             return True  # nothing to verify; an overflow keeps what fit
-        hasher = self.hashers[checksum.algorithm]
-        return bool(hasher.digest() == checksum.digest) and not self.overflow
+        return self.verifier.matches() and not self.overflow
 
 
 @dataclass
@@ -548,7 +543,7 @@ class UploadService:
         *,
         content_length: int | None = None,
         length: int | None = None,
-        checksum: protocol.Checksum | None = None,
+        checksum: checksums.Checksum | None = None,
         trailer: Callable[[], str | None] | None = None,
     ) -> UploadInfo:
         """Write a PATCH body at ``offset``.
@@ -596,14 +591,15 @@ class UploadService:
         *,
         content_length: int | None,
         length: int | None,
-        checksum: protocol.Checksum | None,
+        checksum: checksums.Checksum | None,
         trailer: Callable[[], str | None] | None,
     ) -> UploadInfo:
         """``append``'s work under the lock: check, write, record. ``known`` is the
         store's size, read under the lock: the one time a PATCH asks it (on S3, a LIST);
         the append says what it left. The finish is not its business: ``append`` runs
         ``_complete`` after it, whatever it raised."""
-        verify = checksum is not None or trailer is not None
+        verifier = checksums.Verifier(checksum, trailer)
+        verify = verifier.verifying
 
         def record(**outcome: Any) -> UploadInfo:
             info = self._record_write(upload_id, offset, **outcome)
@@ -636,21 +632,14 @@ class UploadService:
         if before.complete:
             # Declaring the length completed it, or it was complete already.
             return before
-        if checksum is not None:
-            algorithms: Iterable[str] = (checksum.algorithm,)
-        else:
-            algorithms = protocol.CHECKSUM_ALGORITHMS if trailer is not None else ()
-        guard = _BodyGuard(limit, algorithms)
+        guard = _BodyGuard(limit, verifier)
         # Still ours? An S3 append begins by deleting stale segments.
         self._fence(upload_id)
         landed: int | None = None
         known.value = None  # whatever the append does, until it is recorded
         try:
             landed = self.store.append(upload_id, offset, guard.wrap(chunks))
-            if trailer is not None and checksum is None:
-                checksum = protocol.parse_checksum(trailer())
-                if checksum is None:
-                    raise InvalidHeader("the announced Upload-Checksum trailer never came")
+            verifier.body_ended()
         except TusError as error:
             info = record(verified=not verify, landed=landed)
             error.offset = info.offset
@@ -670,7 +659,7 @@ class UploadService:
         except BaseException:
             record(verified=not verify, landed=landed)
             raise
-        if not guard.matches(checksum):
+        if not guard.matches():
             info = record(verified=False, landed=landed)
             if guard.overflow:
                 raise UploadTooLarge("body exceeds Upload-Length", offset=info.offset)

@@ -14,7 +14,7 @@ from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
-from . import body, connection, cors, db, downloads, protocol
+from . import body, checksums, connection, cors, db, downloads, protocol
 from .clientslots import ClientSlots
 from .config import Settings
 from .errors import (
@@ -120,7 +120,7 @@ def options(upload_id: str | None = None) -> Response:
         name for name in EXTENSIONS if direct or name not in NEEDS_DIRECT_CLIENTS
     )
     response.headers["Tus-Max-Size"] = str(service().limits.max_size)
-    response.headers["Tus-Checksum-Algorithm"] = ",".join(protocol.CHECKSUM_ALGORITHMS)
+    response.headers["Tus-Checksum-Algorithm"] = ",".join(checksums.ALGORITHMS)
     return response
 
 
@@ -142,7 +142,7 @@ def create() -> Response:
     )
     # creation-with-upload: the content type says so, even for an empty body.
     with_upload = protocol.is_offset_content_type(headers.get("Content-Type"))
-    checksum = protocol.parse_checksum(headers.get("Upload-Checksum")) if with_upload else None
+    checksum = checksums.parse_checksum(headers.get("Upload-Checksum")) if with_upload else None
     if with_upload and checksum is None:
         _announced_trailer()  # refused before the upload is made
     first_part = body.content_length(request.environ) if with_upload else None
@@ -239,7 +239,7 @@ def patch(upload_id: str) -> Response:
     offset = protocol.parse_uint(headers.get("Upload-Offset"), "Upload-Offset")
     if offset is None:
         raise InvalidHeader("Upload-Offset is required")
-    checksum = protocol.parse_checksum(headers.get("Upload-Checksum"))
+    checksum = checksums.parse_checksum(headers.get("Upload-Checksum"))
     length = protocol.parse_uint(headers.get("Upload-Length"), "Upload-Length")
     info = _append(service(), upload_id, offset, checksum, length)
     response = _upload_response(info, 204)
@@ -258,7 +258,7 @@ def _append(
     svc: UploadService,
     upload_id: str,
     offset: int,
-    checksum: protocol.Checksum | None,
+    checksum: checksums.Checksum | None,
     length: int | None = None,
 ) -> UploadInfo:
     monitor = cast(TransferMonitor, current_app.extensions["uploadsvc.transfers"])
@@ -289,21 +289,14 @@ def _checksum_trailer(trailers: dict[str, str]) -> Callable[[], str | None] | No
         return None
     if not body.trailers_supported(request.environ):
         raise InvalidHeader("Upload-Checksum as a trailer needs a chunked body")
-    return lambda: trailers.get("upload-checksum")
+    return lambda: trailers.get(checksums.TRAILER_FIELD)
 
 
 def _announced_trailer() -> bool:
-    """Whether the request announces ``Trailer: Upload-Checksum``; behind a proxy, which
-    drops trailers, that is refused before a byte of the body is read."""
-    announced = request.headers.get("Trailer", "").lower().replace(" ", "").split(",")
-    if "upload-checksum" not in announced:
-        return False
-    if settings().proxy_hops:
-        raise InvalidHeader(
-            "checksum-trailer is not offered behind a proxy (proxies drop request"
-            " trailers): send Upload-Checksum as a header"
-        )
-    return True
+    """Whether the request announces ``Trailer: Upload-Checksum`` (see checksums.py)."""
+    return checksums.announces_trailer(
+        request.headers.get("Trailer"), behind_proxy=bool(settings().proxy_hops)
+    )
 
 
 def _stopper() -> Callable[[], None]:
