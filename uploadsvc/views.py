@@ -265,7 +265,9 @@ def _append(
     slots = cast(ClientSlots, current_app.extensions["uploadsvc.client_slots"])
     trailers: dict[str, str] = {}
     chunks = monitor.track(
-        upload_id, body.read_body(request.environ, trailers=trailers), _stopper()
+        upload_id,
+        body.read_body(request.environ, trailers=trailers),
+        connection.body_stopper(request.environ),
     )
     # The body holds this worker's thread until it ends: one address gets so many.
     # Closed here, not whenever the garbage collector gets to it: until then the
@@ -297,16 +299,6 @@ def _announced_trailer() -> bool:
     return checksums.announces_trailer(
         request.headers.get("Trailer"), behind_proxy=bool(settings().proxy_hops)
     )
-
-
-def _stopper() -> Callable[[], None]:
-    """How to end this request's body early: shut the socket's read side, so the
-    blocked read sees end-of-file, and never once the response has begun (see
-    connection.py). Without gunicorn's socket it can't be done."""
-    conn = request.environ.get(connection.ENVIRON_KEY)
-    if not isinstance(conn, connection.RequestConnection):
-        return lambda: None
-    return conn.end_body_early
 
 
 def _location(upload_id: str) -> str:
