@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import pytest
 from click.testing import Result
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
 
 from tests.conftest import TUS, Clock, database_settings, service
 from uploadsvc import close_app, create_app
@@ -31,8 +33,10 @@ from uploadsvc.config import (
     ConfigError,
     Settings,
 )
-from uploadsvc.models import Upload, UploadState
-from uploadsvc.protocol import UPLOAD_ID
+from uploadsvc.locking import RUN_LOCKS, is_lock_name
+from uploadsvc.locking.filelock import FileLocker
+from uploadsvc.models import Base, Upload, UploadState, is_expired
+from uploadsvc.protocol import is_upload_id
 
 EXPIRE_AFTER = 3600
 # Longer than EXPIRE_AFTER, so one timeline can pass both edges in order.
@@ -545,7 +549,7 @@ def test_a_cleanup_while_another_runs_does_nothing_and_says_so(
 ) -> None:
     upload_id = new_upload(app)
     clock.advance(EXPIRE_AFTER + 1)
-    assert not UPLOAD_ID.fullmatch(RUN_LOCK)  # no request can ever hold it
+    assert not is_upload_id(RUN_LOCK)  # no request can ever hold it
     with service(app).locker.hold(RUN_LOCK, timeout=0):
         result = cleanup(app)
         assert result.exit_code == 0, result.output
@@ -610,3 +614,67 @@ def test_a_broken_setup_fails_loudly_under_cron(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "UPLOADSVC_TOMBSTONE_TTL: 'a week' is not an integer" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "lockable"),
+    [
+        ("0123456789abcdef0123456789abcdef", True),  # an id the server makes
+        ("ChosenBy8", True),  # one a pre-create hook may choose
+        (RUN_LOCK, True),  # a run lock: not an upload id, but a lock name
+        ("clean", False),  # alphanumeric, but neither
+        ("short", False),
+        ("../../etc", False),
+        ("a" * 65, False),
+        ("abcdéfgh", False),  # isalnum() alone would take it
+    ],
+)
+def test_the_file_locker_locks_upload_ids_and_run_locks_only(
+    tmp_path: Path, name: str, lockable: bool
+) -> None:
+    locker = FileLocker(tmp_path / "locks")
+    assert is_lock_name(name) is lockable
+    if not lockable:
+        with pytest.raises(ValueError), locker.hold(name, timeout=0):
+            pass
+        return
+    with locker.hold(name, timeout=0):
+        assert locker.still_held(name)
+    # What it scans for cleanup is upload locks only: never a run lock's file.
+    assert [found for found, _ in locker.scan()] == ([name] if is_upload_id(name) else [])
+
+
+def test_run_lock_names_are_never_upload_ids() -> None:
+    assert RUN_LOCKS and not any(is_upload_id(name) for name in RUN_LOCKS)
+
+
+def test_expired_means_the_same_in_python_and_in_sql(tmp_path: Path) -> None:
+    """``is_expired`` (service, cleanup's re-check) and ``Upload.expired_by`` (cleanup's
+    query) are one rule: on every state and expiry around ``now`` they agree."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    engine = create_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    Base.metadata.create_all(engine)
+    expiries = [None, now - timedelta(seconds=1), now, now + timedelta(seconds=1)]
+    rows = [
+        Upload(
+            id=f"{number:032x}",
+            state=state,
+            expires_at=expires_at,
+            created_at=now,
+            updated_at=now,
+        )
+        for number, (state, expires_at) in enumerate(
+            (state, expires_at) for state in UploadState for expires_at in expiries
+        )
+    ]
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        session.add_all(rows)
+    expected = {row.id for row in rows if is_expired(row.state, row.expires_at, now)}
+    assert expected == {f"{number:032x}" for number in (1, 2)}  # ACTIVE, at or past it
+    with Session(engine) as session:
+        found = set(session.scalars(select(Upload.id).where(Upload.expired_by(now))))
+        assert found == expected
+        assert {
+            row.id for row in session.scalars(select(Upload)) if row.expired_at(now)
+        } == expected
+    engine.dispose()

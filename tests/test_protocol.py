@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from uploadsvc import protocol
+from uploadsvc import checksums, protocol
 from uploadsvc.errors import InvalidHeader, UnsupportedMediaType, UnsupportedVersion
 
 
@@ -133,8 +133,8 @@ def test_metadata_round_trips() -> None:
 @pytest.mark.parametrize("algorithm", ["sha1", "md5", "sha256", "sha512", "SHA1"])
 def test_checksum_accepts(algorithm: str) -> None:
     digest = hashlib.new(algorithm.lower(), b"data").digest()
-    parsed = protocol.parse_checksum(f"{algorithm} {b64(digest)}")
-    assert parsed == protocol.Checksum(algorithm.lower(), digest)
+    parsed = checksums.parse_checksum(f"{algorithm} {b64(digest)}")
+    assert parsed == checksums.Checksum(algorithm.lower(), digest)
     hasher = parsed.hasher()
     hasher.update(b"data")
     assert hasher.digest() == digest
@@ -154,11 +154,11 @@ def test_checksum_accepts(algorithm: str) -> None:
 )
 def test_checksum_refuses(value: str) -> None:
     with pytest.raises(InvalidHeader):
-        protocol.parse_checksum(value)
+        checksums.parse_checksum(value)
 
 
 def test_checksum_absent() -> None:
-    assert protocol.parse_checksum(None) is None
+    assert checksums.parse_checksum(None) is None
 
 
 @pytest.mark.parametrize(
@@ -193,3 +193,36 @@ def test_offset_content_type_refuses(value: str | None) -> None:
 )
 def test_http_date(moment: datetime, expected: str) -> None:
     assert protocol.format_http_date(moment.astimezone(UTC)) == expected
+
+
+def test_the_checksum_verifier_for_a_header_a_trailer_and_none() -> None:
+    digest = hashlib.sha256(b"abc").digest()
+    header = checksums.Verifier(checksums.Checksum("sha256", digest))
+    header.update(b"abc")
+    header.body_ended()
+    assert header.verifying and header.matches()
+    # A trailer may name any algorithm: all are hashed until it comes.
+    trailer = checksums.Verifier(None, lambda: f"md5 {b64(hashlib.md5(b'ab').digest())}")
+    trailer.update(b"abc")
+    trailer.body_ended()
+    assert trailer.verifying and not trailer.matches()
+    never = checksums.Verifier(None, lambda: None)
+    with pytest.raises(InvalidHeader, match="never came"):
+        never.body_ended()
+    nothing = checksums.Verifier(None)
+    nothing.update(b"abc")
+    nothing.body_ended()
+    assert not nothing.verifying and nothing.matches()
+
+
+@pytest.mark.parametrize(
+    ("value", "behind_proxy", "announced"),
+    [(None, False, False), ("X-A", False, False), ("x-a, Upload-Checksum", False, True)],
+)
+def test_a_checksum_trailer_is_announced_by_the_trailer_header(
+    value: str | None, behind_proxy: bool, announced: bool
+) -> None:
+    assert checksums.announces_trailer(value, behind_proxy=behind_proxy) is announced
+    if announced:
+        with pytest.raises(InvalidHeader, match="behind a proxy"):
+            checksums.announces_trailer(value, behind_proxy=True)

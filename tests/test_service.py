@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.conftest import Clock
 from uploadsvc import db
+from uploadsvc.checksums import Checksum
 from uploadsvc.errors import (
     BodyIncomplete,
     ChecksumMismatch,
@@ -31,7 +32,6 @@ from uploadsvc.errors import (
 from uploadsvc.hooks import Hooks
 from uploadsvc.locking.memory import MemoryLocker
 from uploadsvc.models import Upload
-from uploadsvc.protocol import Checksum
 from uploadsvc.records import Limits, UploadInfo
 from uploadsvc.service import UploadService
 from uploadsvc.storage.memory import MemoryStore

@@ -18,6 +18,7 @@ from werkzeug.test import TestResponse
 from tests.conftest import OCTET, TUS, Clock, service
 from uploadsvc import create_app
 from uploadsvc.models import Upload
+from uploadsvc.storage.filesystem import FileStore
 
 
 def create(client: FlaskClient, length: int | None = 10, **headers: str) -> str:
@@ -539,3 +540,85 @@ class FullDisk:
         error = sqlite3.OperationalError("database or disk is full")
         error.sqlite_errorcode = sqlite3.SQLITE_FULL
         raise OperationalError("BEGIN IMMEDIATE", {}, error)
+
+
+class FullDiskAfter:
+    """Write sessions whose disk fills up after the first ``room`` transactions."""
+
+    def __init__(self, writers: Any, room: int) -> None:
+        self.writers = writers
+        self.room = room
+
+    def begin(self) -> Any:
+        if self.room <= 0:
+            return FullDisk().begin()
+        self.room -= 1
+        return self.writers.begin()
+
+
+def test_a_full_registry_is_507_wherever_it_is_met(
+    app: Flask, client: FlaskClient, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = create(client, 10)
+    writers = service(app).sessions
+    # A creation the registry can't take: the views' handler answers 507.
+    monkeypatch.setattr(service(app), "sessions", FullDisk())
+    response = client.post("/files/", headers={**TUS, "Upload-Length": "5"})
+    assert response.status_code == 507
+    assert response.get_data(as_text=True) == "no space left for the upload registry\n"
+    # A PATCH whose bytes landed but can't be recorded: put back, and 507 says where
+    # to resume (the service's write path, the same rule).
+    monkeypatch.setattr(service(app), "sessions", FullDiskAfter(writers, 1))
+    response = patch(client, url, b"abc")
+    assert response.status_code == 507
+    assert response.headers["Upload-Offset"] == "0"
+    assert response.get_data(as_text=True) == "no space left for the upload registry\n"
+    assert stored(data_dir, url) == b""
+    monkeypatch.setattr(service(app), "sessions", writers)
+    assert patch(client, url, b"abc").status_code == 204
+
+
+class SizeCounting:
+    """The real FileStore, counting how often it is asked an upload's size (on S3,
+    each ask is a LIST of the upload's objects)."""
+
+    def __init__(self, store: FileStore) -> None:
+        self.store = store
+        self.asked = 0
+
+    def size(self, upload_id: str) -> int | None:
+        self.asked += 1
+        return self.store.size(upload_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b"abc", {}, 204),
+        (b"abcdefghij", {}, 204),  # completes it (and finishes it)
+        (b"abc", {"Upload-Checksum": "sha1 " + b64(hashlib.sha1(b"abc").digest())}, 204),
+        (b"abc", {"Upload-Checksum": "sha1 " + b64(hashlib.sha1(b"xyz").digest())}, 460),
+        (b"abc", {"Upload-Offset": "1"}, 409),
+    ],
+)
+def test_a_patch_asks_the_store_its_size_once(
+    app: Flask,
+    client: FlaskClient,
+    monkeypatch: pytest.MonkeyPatch,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    url = create(client, 10)
+    store = service(app).store
+    assert isinstance(store, FileStore)
+    counting = SizeCounting(store)
+    monkeypatch.setattr(service(app), "store", counting)
+    assert patch(client, url, body, **headers).status_code == status
+    assert counting.asked == 1
+    counting.asked = 0
+    assert head(client, url).status_code == 200
+    assert counting.asked == 1

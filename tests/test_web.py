@@ -248,3 +248,38 @@ def test_bad_cursor_is_400(web_client: FlaskClient, before: str) -> None:
     response = web_client.get(f"/api/uploads?before={quote(before)}")
     assert response.status_code == 400
     assert "error" in response.get_json()
+
+
+SEEN: list[HookRequest] = []
+
+
+class RecordingHooks:
+    """Records what the authorize hook is asked."""
+
+    def authorize(self, request: HookRequest) -> None:
+        SEEN.append(request)
+
+
+def test_the_hook_sees_each_listed_upload_as_a_get_of_it(data_dir: Path) -> None:
+    """The page's list and a final's partials ask the same question, built one way
+    (``HookRequest.read_of``): a GET of the upload, with the asking client's headers."""
+    SEEN.clear()
+    app = make_app(data_dir, WEB_UI="1", HOOKS="tests.test_web:RecordingHooks")
+    with app.test_client() as client:
+        whole = upload(client, b"abc", "a.txt")
+        first = upload(client, b"abc", "a.txt", **{"Upload-Concat": "partial"})
+        SEEN.clear()
+        response = client.get("/api/uploads", headers={"X-User": "ann"})
+        assert response.status_code == 200
+        (listed,) = [seen for seen in SEEN if seen.upload_id == whole]
+        assert (listed.method, listed.path) == ("GET", f"/files/{whole}")
+        assert listed.headers["X-User"] == "ann"
+        SEEN.clear()
+        response = client.post(
+            "/files",
+            headers={**TUS, "Upload-Concat": f"final;/files/{first}", "X-User": "bob"},
+        )
+        assert response.status_code == 201, response.data
+        (read,) = [seen for seen in SEEN if seen.upload_id == first]
+        assert (read.method, read.path) == ("GET", f"/files/{first}")
+        assert read.headers["X-User"] == "bob"

@@ -369,11 +369,6 @@ def _held(stream: Any) -> int:
     return len(stream.buf.getvalue())
 
 
-def _copy_in(view: memoryview, at: int, data: bytes) -> int:
-    view[at : at + len(data)] = data
-    return at + len(data)
-
-
 def _take_buffered(unreader: Any) -> bytes:
     if not _held(unreader):
         return b""

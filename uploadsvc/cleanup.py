@@ -44,9 +44,9 @@ from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from .config import Settings
 from .errors import UploadLocked
-from .locking import Locker
+from .locking import CLEANUP_RUN_LOCK, Locker
 from .models import Upload, UploadPart, UploadState
-from .protocol import UPLOAD_ID
+from .protocol import is_upload_id
 from .service import named_by_live_finals, partial_in_use
 from .storage import UploadStore
 
@@ -56,8 +56,8 @@ LIVE = (UploadState.ACTIVE, UploadState.COMPLETED)
 TOMBSTONES = (UploadState.TERMINATED, UploadState.EXPIRED)
 # Ids per IN (...) query: well under SQLite's bound-parameter limit.
 QUERY_BATCH = 500
-# The lock a run holds: a name no request can lock, as upload ids have at least 8 characters.
-RUN_LOCK = "cleanup"
+# The lock a run holds: a run-lock name (locking.RUN_LOCKS), which no request can lock.
+RUN_LOCK = CLEANUP_RUN_LOCK
 
 
 @dataclass(frozen=True)
@@ -211,16 +211,9 @@ class Cleaner:
 
     def _expire(self, now: datetime, report: Report, seen: set[str]) -> None:
         def still_due(row: Upload | None) -> bool:
-            return (
-                row is not None
-                and row.state is UploadState.ACTIVE
-                and row.expires_at is not None
-                and row.expires_at <= now
-            )
+            return row is not None and row.expired_at(now)
 
-        query = select(Upload.id).where(
-            Upload.state == UploadState.ACTIVE, Upload.expires_at <= now
-        )
+        query = select(Upload.id).where(Upload.expired_by(now))
         for upload_id in self._unseen(self._ids(query), seen):
             self._attempt(upload_id, report, "expired", lambda i: self._bury(i, now, still_due))
 
@@ -298,9 +291,9 @@ class Cleaner:
         # Files first, then rows: a row inserted after the listing makes its file live
         # (it is young, so the grace would have spared it anyway).
         old = now - self.retention.orphan_grace
-        files = {i: when for i, when in self.store.scan() if UPLOAD_ID.fullmatch(i)}
+        files = {i: when for i, when in self.store.scan() if is_upload_id(i)}
         # Not the run lock's own file, nor anything else no upload could have made.
-        locks = {i: when for i, when in self.locker.scan() if UPLOAD_ID.fullmatch(i)}
+        locks = {i: when for i, when in self.locker.scan() if is_upload_id(i)}
         states = self._states(files.keys() | locks.keys())
         in_use = set(self._ids(named_by_live_finals()))
 

@@ -30,7 +30,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import gunicorn.http.wsgi as _gwsgi  # type: ignore[import-untyped]
@@ -78,6 +78,22 @@ class RequestConnection:
         with self._guard:
             self.responded = True
             return self.body_ended_early
+
+
+def body_stopper(environ: Mapping[str, Any]) -> Callable[[], None]:
+    """How to end this request's body early (what the transfer monitor calls): shut the
+    socket's read side, so the blocked read sees end-of-file, and never once the
+    response has begun. Without gunicorn's socket it can't be done: a no-op."""
+    conn = environ.get(ENVIRON_KEY)
+    if isinstance(conn, RequestConnection):
+        return conn.end_body_early
+    sock = environ.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket):
+        return lambda: None
+    # A socket without AnnouncedCloses around the app (a gunicorn layout it doesn't
+    # know): shut its read side all the same; the transfer monitor's own end-of-body
+    # flag keeps the stop off a request that has ended.
+    return lambda: sock.shutdown(socket.SHUT_RD)
 
 
 class AnnouncedCloses:

@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import PREFIX, ConfigError
+from .errors import InsufficientStorage
 
 # Installed from a wheel, the migrations travel inside the package (pyproject.toml);
 # in a checkout (and an editable install) they are at the top of the repository.
@@ -100,6 +101,16 @@ def _sqlite_on_begin(connection: Any) -> None:
 def is_disk_full(error: OperationalError) -> bool:
     """SQLite's "database or disk is full": the operator's to fix (507), not a bug."""
     return getattr(error.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def registry_full(
+    error: OperationalError, *, offset: int | None = None
+) -> InsufficientStorage | None:
+    """The one rule for a full registry disk: the 507 to answer (``offset``: where the
+    client resumes), or None when ``error`` is something else (a bug: re-raise it)."""
+    if not is_disk_full(error):
+        return None
+    return InsufficientStorage("no space left for the upload registry", offset=offset)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

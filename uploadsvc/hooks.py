@@ -37,7 +37,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import ConfigError
@@ -66,6 +66,17 @@ class HookRequest:
     upload_id: str | None
     headers: Mapping[str, str]
     remote_addr: str | None
+
+    def read_of(self, upload_id: str, files_path: str) -> HookRequest:
+        """This client's request as a GET of ``upload_id`` (an upload under
+        ``files_path``): what the authorize hook decides on when a request would read
+        an upload it doesn't name (a final's partials, the page's list)."""
+        return replace(
+            self,
+            method="GET",
+            path=f"{files_path.rstrip('/')}/{upload_id}",
+            upload_id=upload_id,
+        )
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def cursor(upload: CompletedUpload) -> str:
 def parse_cursor(value: str) -> tuple[datetime, str]:
     """``cursor``'s inverse; ValueError when ``value`` isn't one."""
     stamp, sep, upload_id = value.strip().rpartition(",")
-    if not sep or not protocol.UPLOAD_ID.fullmatch(upload_id):
+    if not sep or not protocol.is_upload_id(upload_id):
         raise ValueError("not a listing cursor")
     completed_at = datetime.fromisoformat(stamp)
     if completed_at.tzinfo is None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     Enum,
     ForeignKey,
@@ -16,12 +17,13 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    and_,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The longest upload id: a pre-create hook may choose up to 64 characters
-# (protocol.UPLOAD_ID); the server's own are 32.
+# (protocol.is_upload_id); the server's own are 32.
 ID_LENGTH = 64
 
 
@@ -92,6 +94,22 @@ class Upload(Base):
     concat: Mapped[Concat | None] = mapped_column(
         Enum(Concat, native_enum=False, length=8, validate_strings=True)
     )
+
+    def expired_at(self, now: datetime) -> bool:
+        """Whether this upload is past its expiry at ``now`` (see ``is_expired``)."""
+        return is_expired(self.state, self.expires_at, now)
+
+    @classmethod
+    def expired_by(cls, now: datetime) -> ColumnElement[bool]:
+        """``is_expired`` as SQL: the rows past their expiry at ``now``."""
+        return and_(cls.state == UploadState.ACTIVE, cls.expires_at <= now)
+
+
+def is_expired(state: UploadState, expires_at: datetime | None, now: datetime) -> bool:
+    """The one rule for "expired at ``now``": an unfinished (ACTIVE) upload whose
+    ``expires_at`` has come. A completed upload never expires (retention is cleanup's
+    business), and a tombstone is already gone. ``Upload.expired_by`` is its SQL."""
+    return state is UploadState.ACTIVE and expires_at is not None and expires_at <= now
 
 
 class UploadPart(Base):

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from .errors import InvalidHeader, UnsupportedMediaType, UnsupportedVersion
@@ -30,13 +28,6 @@ MAX_METADATA_BYTES = 8 * 1024
 # More partials than any client sends in parallel; bounds the work one POST can cause.
 MAX_CONCAT_PARTS = 256
 
-CHECKSUM_ALGORITHMS: Mapping[str, Callable[[], Any]] = {
-    "sha1": hashlib.sha1,
-    "md5": hashlib.md5,
-    "sha256": hashlib.sha256,
-    "sha512": hashlib.sha512,
-}
-
 _DIGITS = re.compile(r"[0-9]+")
 # A metadata key: printable ASCII without space or comma (the pair separators).
 _METADATA_KEY = re.compile(r"[!-+\--~]+")
@@ -50,17 +41,6 @@ def is_upload_id(text: str) -> bool:
     """Whether ``text`` is an upload id: the one definition the views, the service, the
     stores and cleanup share, and the reason an id is always a safe path component."""
     return UPLOAD_ID.fullmatch(text) is not None
-
-
-@dataclass(frozen=True)
-class Checksum:
-    """An ``Upload-Checksum`` header: the algorithm and the expected digest bytes."""
-
-    algorithm: str
-    digest: bytes
-
-    def hasher(self) -> Any:
-        return CHECKSUM_ALGORITHMS[self.algorithm]()
 
 
 def require_tus_resumable(value: str | None) -> None:
@@ -128,7 +108,7 @@ def parse_metadata(value: str | None) -> dict[str, bytes | None]:
             raise InvalidHeader("Upload-Metadata has an invalid key")
         if key in result:
             raise InvalidHeader(f"Upload-Metadata repeats the key {key!r}")
-        result[key] = _decode_base64(parts[1], "Upload-Metadata") if len(parts) == 2 else None
+        result[key] = decode_base64(parts[1], "Upload-Metadata") if len(parts) == 2 else None
     return result
 
 
@@ -141,22 +121,6 @@ def format_metadata(metadata: Mapping[str, bytes | None]) -> str:
         else:
             pairs.append(f"{key} {base64.b64encode(raw).decode('ascii')}")
     return ",".join(pairs)
-
-
-def parse_checksum(value: str | None) -> Checksum | None:
-    """``Upload-Checksum: <algorithm> <base64 digest>``; unknown algorithms are a 400."""
-    if value is None:
-        return None
-    parts = value.strip().split(" ")
-    if len(parts) != 2:
-        raise InvalidHeader("Upload-Checksum must be '<algorithm> <base64 digest>'")
-    algorithm, encoded = parts[0].lower(), parts[1]
-    if algorithm not in CHECKSUM_ALGORITHMS:
-        raise InvalidHeader(f"unsupported checksum algorithm {parts[0]!r}")
-    digest = _decode_base64(encoded, "Upload-Checksum")
-    if len(digest) != CHECKSUM_ALGORITHMS[algorithm]().digest_size:
-        raise InvalidHeader("Upload-Checksum digest has the wrong length")
-    return Checksum(algorithm, digest)
 
 
 @dataclass(frozen=True)
@@ -203,7 +167,7 @@ def upload_id_from_url(url: str, request_url: str, files_url: str) -> str | None
     if target.query or target.fragment or not target.path.startswith(prefix):
         return None
     upload_id = target.path[len(prefix) :]
-    return upload_id if UPLOAD_ID.fullmatch(upload_id) else None
+    return upload_id if is_upload_id(upload_id) else None
 
 
 def require_offset_content_type(value: str | None) -> None:
@@ -221,7 +185,7 @@ def format_http_date(moment: datetime) -> str:
     return format_datetime(moment, usegmt=True)
 
 
-def _decode_base64(text: str, name: str) -> bytes:
+def decode_base64(text: str, name: str) -> bytes:
     if not _BASE64.fullmatch(text) or len(text) % 4:
         raise InvalidHeader(f"{name} has invalid base64")
     try:

@@ -12,7 +12,7 @@ import errno
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, cast
@@ -21,7 +21,7 @@ from sqlalchemy import CursorResult, Select, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from . import db, protocol
+from . import checksums, db, protocol
 from .errors import (
     BodyIncomplete,
     ChecksumMismatch,
@@ -41,7 +41,7 @@ from .errors import (
 )
 from .hooks import HookRequest, Hooks
 from .locking import Locker
-from .models import Concat, Upload, UploadPart, UploadState
+from .models import Concat, Upload, UploadPart, UploadState, is_expired
 from .records import Limits, UploadInfo
 from .storage import NotDurable, UploadStore
 from .storage.chained import chained
@@ -95,16 +95,13 @@ def _holds_its_bytes(partial: Upload) -> bool:
 
 @dataclass
 class _BodyGuard:
-    """Passes body chunks through, stopping at ``limit`` bytes and hashing them with
-    each of ``algorithms`` (all of them when the checksum comes as a trailer)."""
+    """Passes body chunks through, stopping at ``limit`` bytes and handing them to the
+    checksum ``verifier``."""
 
     limit: int
-    algorithms: Iterable[str] = ()
+    verifier: checksums.Verifier
     received: int = 0
     overflow: bool = False
-
-    def __post_init__(self) -> None:
-        self.hashers = {name: protocol.CHECKSUM_ALGORITHMS[name]() for name in self.algorithms}
 
     def wrap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
@@ -115,17 +112,24 @@ class _BodyGuard:
                 chunk = chunk[:room]
             if chunk:
                 self.received += len(chunk)
-                for hasher in self.hashers.values():
-                    hasher.update(chunk)
+                self.verifier.update(chunk)
                 yield chunk
             if self.overflow:
                 return
 
-    def matches(self, checksum: protocol.Checksum | None) -> bool:
-        if checksum is None:
+    def matches(self) -> bool:
+        if self.verifier.expected is None:
             return True  # nothing to verify; an overflow keeps what fit
-        hasher = self.hashers[checksum.algorithm]
-        return bool(hasher.digest() == checksum.digest) and not self.overflow
+        return self.verifier.matches() and not self.overflow
+
+
+@dataclass
+class _KnownSize:
+    """What a PATCH knows of its upload's stored size, so that it asks the store once
+    (on S3, a LIST): read under the lock, None once a write may have changed it, then
+    what recording the write made the row say."""
+
+    value: int | None
 
 
 class UploadService:
@@ -177,12 +181,12 @@ class UploadService:
         if not info.complete:
             return info
         # Upload-Length 0: complete at birth, so it finishes now, the one way all do.
-        with self._locked(info.id):
+        with self._hold(info.id):
             info = self._complete(info)
         return self._after_finish(info)
 
     def _chosen_id(self, upload_id: str) -> str:
-        if not protocol.UPLOAD_ID.fullmatch(upload_id):
+        if not protocol.is_upload_id(upload_id):
             log.error("pre_create hook chose an invalid upload id %r", upload_id)
             raise HookFailed("the server's pre-create hook chose an invalid id")
         with self.sessions.begin() as session:
@@ -233,26 +237,27 @@ class UploadService:
         self.hooks.emit("post-finish", info)
         return info
 
-    def _complete_after_error(self, upload_id: str) -> UploadInfo | None:
+    def _complete_after_error(self, upload_id: str, size: int | None) -> UploadInfo | None:
         """``_complete`` for a request that failed (lock held): a refused or cut body
         may still have brought the upload to its length (a chunked body past it, kept up
         to it; framing that broke off after the last byte; bytes a crash left unrecorded,
         whose reconcile a refusal rolled back). Its own error is the answer, so a
-        failure here is logged, and the finish stays due for the next request."""
+        failure here is logged, and the finish stays due for the next request.
+        ``size``: the store's, when the request knows it (see ``_KnownSize``)."""
         try:
             with self.readers.begin() as session:
                 row = session.get(Upload, upload_id)
                 if row is None:
                     return None
                 info = UploadInfo.of(row)
-                unrecorded = (
-                    row.state is UploadState.ACTIVE
-                    and not row.verifying
-                    and self.store.size(upload_id) not in (None, row.offset)
-                )
-            if unrecorded:
+                unsettled = row.state is UploadState.ACTIVE and not row.verifying
+            if unsettled and size is None:
+                size = self.store.size(upload_id)
+            if unsettled and size is not None and size != info.offset:
                 with self.sessions.begin() as session:
-                    info = UploadInfo.of(self._load(session, upload_id))
+                    row = self._load_row(session, upload_id)
+                    self._reconcile_row(row, size)
+                    info = UploadInfo.of(row)
             return self._complete(info)
         except TusError:
             return None  # lost its lock (the new holder finishes it), or expired meanwhile
@@ -291,12 +296,8 @@ class UploadService:
             if request is not None:
                 # Before anything but "unknown" is told of it: whose bytes a final
                 # may read is the hook's call, as for a download of the partial.
-                read = replace(
-                    request,
-                    method="GET",
-                    path=f"{request.path.rstrip('/')}/{partial_id}",
-                    upload_id=partial_id,
-                )
+                # (a creation's path is the files path)
+                read = request.read_of(partial_id, request.path)
                 self.hooks.authorize(read, partials[partial_id])
         length = sum(self._partial_length(partials[partial_id]) for partial_id in partial_ids)
         self._check_size(length)
@@ -330,14 +331,12 @@ class UploadService:
             raise
         log.info("final upload %s created from %d partials", row.id, len(partial_ids))
         self.hooks.emit("post-create", UploadInfo.of(row, tuple(partial_ids)))
-        with self._locked(row.id):
+        with self._hold(row.id):
             return self._assemble(row.id)
 
     def _partial_length(self, partial: UploadInfo) -> int:
-        if partial.state in (UploadState.TERMINATED, UploadState.EXPIRED) or (
-            partial.state is UploadState.ACTIVE
-            and partial.expires_at is not None
-            and partial.expires_at <= self.clock()
+        if partial.state in (UploadState.TERMINATED, UploadState.EXPIRED) or is_expired(
+            partial.state, partial.expires_at, self.clock()
         ):
             raise UploadGone(f"partial upload {partial.id} expired or terminated")
         if partial.concat is not Concat.PARTIAL:
@@ -396,7 +395,7 @@ class UploadService:
 
     def describe_many(self, upload_ids: Iterable[str]) -> dict[str, UploadInfo]:
         """``describe`` for many ids at once (unknown ones are left out)."""
-        wanted = sorted({i for i in upload_ids if protocol.UPLOAD_ID.fullmatch(i)})
+        wanted = sorted({i for i in upload_ids if protocol.is_upload_id(i)})
         infos: dict[str, UploadInfo] = {}
         with self.readers.begin() as session:
             for start in range(0, len(wanted), _QUERY_BATCH):
@@ -407,18 +406,17 @@ class UploadService:
 
     def info(self, upload_id: str) -> UploadInfo:
         """The upload as stored, reconciled with its data file under the lock."""
-        with self._locked(upload_id):
+        with self._hold(upload_id) as size:
             # Usually the row agrees with the data file: reading is enough, and a read
             # waits for no writer. Only a row to reconcile takes a write transaction.
             with self.readers.begin() as session:
-                row = self._load(session, upload_id, reconcile=False)
+                row = self._load_row(session, upload_id)
                 info = UploadInfo.of(row, self._parts(session, row))
             if info.concat is Concat.FINAL:
                 # Its bytes are its partials' (download): its own data holds none, so
                 # there is nothing to reconcile; a finish left due is resumed.
                 return self._complete(info) if info.complete else self._assemble(upload_id)
-            size = self.store.size(upload_id)
-            if row.verifying and size is not None and size > info.offset:
+            if row.verifying and size > info.offset:
                 # Bytes of a checksummed PATCH that never got its verdict: dropped from
                 # the file first, so the file agrees with the row even if clearing the
                 # flag below fails.
@@ -428,10 +426,11 @@ class UploadService:
             if row.verifying or size != info.offset:
                 try:
                     with self.sessions.begin() as session:
-                        row = self._load(session, upload_id)
+                        row = self._load_row(session, upload_id)
+                        self._reconcile_row(row, size)
                         info = UploadInfo.of(row, self._parts(session, row))
                 except OperationalError as error:
-                    if not (db.is_disk_full(error) and size == info.offset):
+                    if db.registry_full(error) is None or size != info.offset:
                         raise
                     # A full disk refuses to clear the flag, but the answer stands: the
                     # next PATCH's transaction clears it before writing.
@@ -445,10 +444,10 @@ class UploadService:
         No lock: a completed upload's bytes never change, and an open file survives a
         concurrent DELETE.
         """
-        if not protocol.UPLOAD_ID.fullmatch(upload_id):
+        if not protocol.is_upload_id(upload_id):
             raise UploadNotFound()
         with self.readers.begin() as session:
-            row = self._load(session, upload_id, reconcile=False)
+            row = self._load_row(session, upload_id)
             info = UploadInfo.of(row, self._parts(session, row))
             lengths = self._lengths(session, info.parts)
         if not info.complete:
@@ -498,7 +497,7 @@ class UploadService:
         *,
         content_length: int | None = None,
         length: int | None = None,
-        checksum: protocol.Checksum | None = None,
+        checksum: checksums.Checksum | None = None,
         trailer: Callable[[], str | None] | None = None,
     ) -> UploadInfo:
         """Write a PATCH body at ``offset``.
@@ -512,10 +511,12 @@ class UploadService:
         """
         settled: UploadInfo | None = None
         try:
-            with self._locked(upload_id):
+            with self._hold(upload_id) as size:
+                known = _KnownSize(size)
                 try:
                     info = self._write(
                         upload_id,
+                        known,
                         offset,
                         chunks,
                         content_length=content_length,
@@ -526,7 +527,7 @@ class UploadService:
                 except LockLost:
                     raise  # not ours to finish any more
                 except Exception:
-                    settled = self._complete_after_error(upload_id)
+                    settled = self._complete_after_error(upload_id, known.value)
                     raise
                 settled = self._complete(info)
         finally:
@@ -538,19 +539,30 @@ class UploadService:
     def _write(
         self,
         upload_id: str,
+        known: _KnownSize,
         offset: int,
         chunks: Iterable[bytes],
         *,
         content_length: int | None,
         length: int | None,
-        checksum: protocol.Checksum | None,
+        checksum: checksums.Checksum | None,
         trailer: Callable[[], str | None] | None,
     ) -> UploadInfo:
-        """``append``'s work under the lock: check, write, record. The finish is not its
-        business: ``append`` runs ``_complete`` after it, whatever it raised."""
-        verify = checksum is not None or trailer is not None
+        """``append``'s work under the lock: check, write, record. ``known`` is the
+        store's size, read under the lock: the one time a PATCH asks it (on S3, a LIST);
+        the append says what it left. The finish is not its business: ``append`` runs
+        ``_complete`` after it, whatever it raised."""
+        verifier = checksums.Verifier(checksum, trailer)
+        verify = verifier.verifying
+
+        def record(**outcome: Any) -> UploadInfo:
+            info = self._record_write(upload_id, offset, **outcome)
+            known.value = info.offset  # the row and the store agree again
+            return info
+
         with self.sessions.begin() as session:
-            row = self._load(session, upload_id)
+            row = self._load_row(session, upload_id)
+            known.value = self._reconcile_row(row, known.value)
             if row.concat is Concat.FINAL:
                 raise Forbidden("a final upload is made by concatenation, not PATCH")
             if row.offset != offset:
@@ -574,28 +586,23 @@ class UploadService:
         if before.complete:
             # Declaring the length completed it, or it was complete already.
             return before
-        if checksum is not None:
-            algorithms: Iterable[str] = (checksum.algorithm,)
-        else:
-            algorithms = protocol.CHECKSUM_ALGORITHMS if trailer is not None else ()
-        guard = _BodyGuard(limit, algorithms)
+        guard = _BodyGuard(limit, verifier)
         # Still ours? An S3 append begins by deleting stale segments.
         self._fence(upload_id)
+        landed: int | None = None
+        known.value = None  # whatever the append does, until it is recorded
         try:
-            self.store.append(upload_id, offset, guard.wrap(chunks))
-            if trailer is not None and checksum is None:
-                checksum = protocol.parse_checksum(trailer())
-                if checksum is None:
-                    raise InvalidHeader("the announced Upload-Checksum trailer never came")
+            landed = self.store.append(upload_id, offset, guard.wrap(chunks))
+            verifier.body_ended()
         except TusError as error:
-            info = self._record_write(upload_id, offset, verified=not verify)
+            info = record(verified=not verify, landed=landed)
             error.offset = info.offset
             raise
         except OSError as error:
             # The disk failed (EIO, or ENOSPC at write-back): what is durable is recorded,
             # and the client resumes from there.
             durable = error.durable if isinstance(error, NotDurable) else None
-            info = self._record_write(upload_id, offset, verified=not verify, durable=durable)
+            info = record(verified=not verify, durable=durable)
             cause = error.__cause__ if isinstance(error, NotDurable) else error
             log.error(
                 "upload %s: storage failed (%s); kept %d bytes", upload_id, error, info.offset
@@ -604,14 +611,14 @@ class UploadService:
                 raise InsufficientStorage(offset=info.offset) from error
             raise StorageFailed(offset=info.offset) from error
         except BaseException:
-            self._record_write(upload_id, offset, verified=not verify)
+            record(verified=not verify, landed=landed)
             raise
-        if not guard.matches(checksum):
-            info = self._record_write(upload_id, offset, verified=False)
+        if not guard.matches():
+            info = record(verified=False, landed=landed)
             if guard.overflow:
                 raise UploadTooLarge("body exceeds Upload-Length", offset=info.offset)
             raise ChecksumMismatch(offset=info.offset)
-        info = self._record_write(upload_id, offset, verified=True)
+        info = record(verified=True, landed=landed)
         if content_length is not None and guard.received < content_length:
             # The body ended before Content-Length: the client went away. What came
             # is stored and recorded; tell it (if it still listens) where to resume.
@@ -622,9 +629,9 @@ class UploadService:
 
     def terminate(self, upload_id: str) -> None:
         """Delete the upload's data; its row stays as a tombstone answering 410."""
-        with self._locked(upload_id):
+        with self._hold(upload_id):
             with self.sessions.begin() as session:
-                row = self._load(session, upload_id, reconcile=False)
+                row = self._load_row(session, upload_id)
                 row.state = UploadState.TERMINATED
                 row.expires_at = None
                 row.updated_at = self.clock()
@@ -649,7 +656,7 @@ class UploadService:
         Waits for no lock (``UploadLocked``): a busy upload's holder finishes it."""
         with self.locker.hold(upload_id, timeout=0):
             with self.sessions.begin() as session:
-                info = UploadInfo.of(self._load(session, upload_id, reconcile=False))
+                info = UploadInfo.of(self._load_row(session, upload_id))
             info = self._complete(info)
         self._after_finish(info)
         return info.finished_now
@@ -674,7 +681,7 @@ class UploadService:
         this is harmless: the partial's bytes are kept for the final either way.
         """
         with self.readers.begin() as session:
-            row = self._load(session, final_id, reconcile=False)
+            row = self._load_row(session, final_id)
             parts = self._parts(session, row)
             info = UploadInfo.of(row, parts)
             if not info.complete:
@@ -687,7 +694,7 @@ class UploadService:
         # Recording it is a write: only while the lock is still ours.
         self._fence(final_id)
         with self.sessions.begin() as session:
-            row = self._load(session, final_id, reconcile=False)
+            row = self._load_row(session, final_id)
             row.offset = row.length or 0
             row.updated_at = self.clock()
             self._mark_complete_if_done(row)
@@ -700,62 +707,72 @@ class UploadService:
             final_ids = list(dict.fromkeys(session.scalars(query)))
         for final_id in final_ids:
             try:
-                with self._locked(final_id):
+                with self._hold(final_id):
                     self._assemble(final_id)
             except (UploadLocked, UploadGone, UploadNotFound):
                 # Busy or gone: the next HEAD on the final assembles it if still due.
                 continue
 
-    def _locked(self, upload_id: str) -> AbstractContextManager[None]:
-        if not protocol.UPLOAD_ID.fullmatch(upload_id):
+    def _require_known(self, upload_id: str) -> None:
+        """404 for an id we couldn't have made or don't know, 410 for a tombstone or an
+        expired upload: a read only, before any lock, so a stranger's made-up ids never
+        take a lock (nor leave a lock file), nor queue behind (or block) a writer."""
+        if not protocol.is_upload_id(upload_id):
             # Never a path: only ids we could have made reach storage and locks.
             raise UploadNotFound()
-        if self.store.size(upload_id) is None:
-            # No data: an unknown id, a tombstone or lost data. Nothing to protect, so
-            # no lock (and no lock file for every id a stranger makes up), and only a
-            # read: a stranger's made-up ids never queue behind (or block) a writer.
-            with self.readers.begin() as session:
-                self._load(session, upload_id, reconcile=False)
-            raise UploadGone("upload data is missing")
-        return self.locker.hold(upload_id, timeout=self.limits.lock_timeout)
+        with self.readers.begin() as session:
+            self._load_row(session, upload_id)
 
-    def _load(self, session: Session, upload_id: str, *, reconcile: bool = True) -> Upload:
+    @contextmanager
+    def _hold(self, upload_id: str) -> Iterator[int]:
+        """Hold a known upload's lock; yields the size of its data, read under the lock
+        (410 when it has none: lost data). A request's one question to the store before
+        it writes: on S3 each is a LIST."""
+        self._require_known(upload_id)
+        with self.locker.hold(upload_id, timeout=self.limits.lock_timeout):
+            size = self.store.size(upload_id)
+            if size is None:
+                raise UploadGone("upload data is missing")
+            yield size
+
+    def _load_row(self, session: Session, upload_id: str) -> Upload:
+        """The upload's row: 404 when unknown, 410 for a tombstone or past its expiry.
+        Reads the registry only (see ``_reconcile_row`` for the store)."""
         row = session.get(Upload, upload_id)
         if row is None:
             raise UploadNotFound()
         if row.state in (UploadState.TERMINATED, UploadState.EXPIRED):
             raise UploadGone()
-        now = self.clock()
-        if row.state is UploadState.ACTIVE and row.expires_at and row.expires_at <= now:
+        if row.expired_at(self.clock()):
             raise UploadGone("upload expired")
-        if reconcile:
-            self._reconcile(row)
         return row
 
-    def _reconcile(self, row: Upload) -> None:
-        """Make the row agree with the data file after a crash between write and record.
+    def _reconcile_row(self, row: Upload, size: int | None) -> int | None:
+        """Make the row agree with the data file (``size``, read under the lock) after a
+        crash between write and record: may truncate the store. Returns the store's
+        size after it.
 
         Called under the lock. The file is the truth for bytes that landed, except bytes
         of a checksummed PATCH that never got its verdict: those are dropped.
         """
         if row.concat is Concat.FINAL:
-            return  # its bytes are its partials': its own data is empty by design
-        size = self.store.size(row.id)
+            return size  # its bytes are its partials': its own data is empty by design
         if size is None:
             raise UploadGone("upload data is missing")
         if row.verifying:
             if size != row.offset:
                 self.store.truncate(row.id, row.offset)
             row.verifying = False
-            return
+            return row.offset
         if size == row.offset:
-            return
+            return size
         if row.length is not None and size > row.length:
             self.store.truncate(row.id, row.length)
             size = row.length
         log.warning("upload %s: registry had %d bytes, file %d; fixed", row.id, row.offset, size)
         row.offset = size
         self._mark_complete_if_done(row)
+        return size
 
     def _fence(self, upload_id: str) -> None:
         """Before recording or deleting what the upload's lock protects: is it still
@@ -788,18 +805,28 @@ class UploadService:
             row.expires_at = now + self.limits.expire_after
 
     def _record_write(
-        self, upload_id: str, start: int, *, verified: bool, durable: int | None = None
+        self,
+        upload_id: str,
+        start: int,
+        *,
+        verified: bool,
+        landed: int | None = None,
+        durable: int | None = None,
     ) -> UploadInfo:
         """Record what a write left in the store (a short transaction of its own).
 
-        ``durable``: the store could not make all of it durable (``NotDurable``), only
-        this many bytes count, whatever the file's size says."""
+        ``landed``: the store's size after the append, when the append returned it
+        (otherwise the store is asked). ``durable``: the store could not make all of it
+        durable (``NotDurable``), only this many bytes count, whatever the file's size
+        says."""
         # A holder that lost the lock records nothing and deletes nothing: the new
         # holder reconciles the row with what the store has.
         self._fence(upload_id)
         if not verified:
             self.store.truncate(upload_id, start)
-        size = self.store.size(upload_id)
+            if landed is not None:
+                landed = start  # the append began there
+        size = self.store.size(upload_id) if landed is None else landed
         stored = start if size is None else size
         doubtful = False
         if durable is not None and stored > durable:
@@ -821,11 +848,12 @@ class UploadService:
                 self._mark_complete_if_done(row)
                 return UploadInfo.of(row)
         except OperationalError as error:
-            if not db.is_disk_full(error):
+            full = db.registry_full(error, offset=start)
+            if full is None:
                 raise
             # The registry's disk is full too, so it can't learn of the new bytes: put
             # the file back to what the registry says (freeing their space) and tell the
             # client to resume from there. Left in place, they would make every later
             # request, HEAD included, try to record them and fail the same way.
             self.store.truncate(upload_id, start)
-            raise InsufficientStorage("no space left to record the upload", offset=start) from error
+            raise full from error

@@ -17,6 +17,12 @@ socket's read side: the blocked read returns end-of-file, the body reader raises
 landed, releases the lock and the client resumes. The watcher thread starts with the
 first tracked body, so nothing runs at import time.
 
+The whole mechanism, by place: the policy (when, and the answer) is here; the stop
+itself is ``connection.body_stopper`` (the socket); the reader that then sees
+end-of-file is ``body.read_body``; the views join the three in ``_append``; the one
+piece of server wiring is gunicorn.conf.py's ``post_worker_init``, which tells the
+monitor when the worker is shutting down (``stop_all_when``).
+
 "Silent" means the body reader is waiting on the client: time the server spends on a
 block it already has (an S3 part upload, a slow write) is the server's, never the
 client's, and neither the read timeout nor a takeover counts it.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
@@ -15,23 +14,23 @@ from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
-from . import body, connection, cors, db, downloads, protocol
+from . import body, checksums, connection, cors, db, downloads, protocol
+from .callers import FILES_PATH, hook_request
 from .config import Settings
 from .errors import (
-    InsufficientStorage,
     InvalidHeader,
     TusError,
     UnsupportedVersion,
     UploadTooLarge,
 )
-from .hooks import HookRequest
 from .parts import parts
 from .records import Concat, UploadInfo
 from .service import UploadService
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("tus", __name__, url_prefix="/files")
+# Where uploads live: the page's list asks the authorize hook about each as a GET here.
+bp = Blueprint("tus", __name__, url_prefix=FILES_PATH)
 
 EXTENSIONS = (
     "creation",
@@ -97,17 +96,6 @@ def require_usable_host() -> None:
         raise InvalidHeader("Host is missing or not a valid host[:port]")
 
 
-def hook_request() -> HookRequest:
-    view_args = request.view_args or {}
-    return HookRequest(
-        method=request.method,
-        path=request.path,
-        upload_id=view_args.get("upload_id"),
-        headers=dict(request.headers),
-        remote_addr=request.remote_addr,
-    )
-
-
 @bp.route("", methods=["OPTIONS"], strict_slashes=False)
 @bp.route("/<upload_id>", methods=["OPTIONS"])
 def options(upload_id: str | None = None) -> Response:
@@ -118,7 +106,7 @@ def options(upload_id: str | None = None) -> Response:
         name for name in EXTENSIONS if direct or name not in NEEDS_DIRECT_CLIENTS
     )
     response.headers["Tus-Max-Size"] = str(service().limits.max_size)
-    response.headers["Tus-Checksum-Algorithm"] = ",".join(protocol.CHECKSUM_ALGORITHMS)
+    response.headers["Tus-Checksum-Algorithm"] = ",".join(checksums.ALGORITHMS)
     return response
 
 
@@ -140,7 +128,7 @@ def create() -> Response:
     )
     # creation-with-upload: the content type says so, even for an empty body.
     with_upload = protocol.is_offset_content_type(headers.get("Content-Type"))
-    checksum = protocol.parse_checksum(headers.get("Upload-Checksum")) if with_upload else None
+    checksum = checksums.parse_checksum(headers.get("Upload-Checksum")) if with_upload else None
     if with_upload and checksum is None:
         _announced_trailer()  # refused before the upload is made
     first_part = body.content_length(request.environ) if with_upload else None
@@ -237,7 +225,7 @@ def patch(upload_id: str) -> Response:
     offset = protocol.parse_uint(headers.get("Upload-Offset"), "Upload-Offset")
     if offset is None:
         raise InvalidHeader("Upload-Offset is required")
-    checksum = protocol.parse_checksum(headers.get("Upload-Checksum"))
+    checksum = checksums.parse_checksum(headers.get("Upload-Checksum"))
     length = protocol.parse_uint(headers.get("Upload-Length"), "Upload-Length")
     info = _append(service(), upload_id, offset, checksum, length)
     response = _upload_response(info, 204)
@@ -256,14 +244,16 @@ def _append(
     svc: UploadService,
     upload_id: str,
     offset: int,
-    checksum: protocol.Checksum | None,
+    checksum: checksums.Checksum | None,
     length: int | None = None,
 ) -> UploadInfo:
     monitor = parts().transfers
     slots = parts().client_slots
     trailers: dict[str, str] = {}
     chunks = monitor.track(
-        upload_id, body.read_body(request.environ, trailers=trailers), _stopper()
+        upload_id,
+        body.read_body(request.environ, trailers=trailers),
+        connection.body_stopper(request.environ),
     )
     # The body holds this worker's thread until it ends: one address gets so many.
     # Closed here, not whenever the garbage collector gets to it: until then the
@@ -287,37 +277,14 @@ def _checksum_trailer(trailers: dict[str, str]) -> Callable[[], str | None] | No
         return None
     if not body.trailers_supported(request.environ):
         raise InvalidHeader("Upload-Checksum as a trailer needs a chunked body")
-    return lambda: trailers.get("upload-checksum")
+    return lambda: trailers.get(checksums.TRAILER_FIELD)
 
 
 def _announced_trailer() -> bool:
-    """Whether the request announces ``Trailer: Upload-Checksum``; behind a proxy, which
-    drops trailers, that is refused before a byte of the body is read."""
-    announced = request.headers.get("Trailer", "").lower().replace(" ", "").split(",")
-    if "upload-checksum" not in announced:
-        return False
-    if settings().proxy_hops:
-        raise InvalidHeader(
-            "checksum-trailer is not offered behind a proxy (proxies drop request"
-            " trailers): send Upload-Checksum as a header"
-        )
-    return True
-
-
-def _stopper() -> Callable[[], None]:
-    """How to end this request's body early: shut the socket's read side, so the
-    blocked read sees end-of-file, and never once the response has begun (see
-    connection.py). Without gunicorn's socket it can't be done."""
-    conn = request.environ.get(connection.ENVIRON_KEY)
-    if not isinstance(conn, connection.RequestConnection):
-        sock = request.environ.get("gunicorn.socket")
-        if not isinstance(sock, socket.socket):
-            return lambda: None
-        # A socket without connection.AnnouncedCloses around the app (another gunicorn
-        # layout, an embedding): shut its read side all the same; the monitor's own
-        # end-of-body flag keeps the stop off a request that has ended.
-        return lambda: sock.shutdown(socket.SHUT_RD)
-    return conn.end_body_early
+    """Whether the request announces ``Trailer: Upload-Checksum`` (see checksums.py)."""
+    return checksums.announces_trailer(
+        request.headers.get("Trailer"), behind_proxy=bool(settings().proxy_hops)
+    )
 
 
 def _location(upload_id: str) -> str:
@@ -364,9 +331,10 @@ def tus_error(error: TusError) -> Response:
 @bp.app_errorhandler(OperationalError)
 def database_error(error: OperationalError) -> Response:
     """A full disk under SQLite is the operator's to fix, not a bug: 507, like data."""
-    if db.is_disk_full(error):
-        return tus_error(InsufficientStorage("no space left for the upload registry"))
-    raise error
+    full = db.registry_full(error)
+    if full is None:
+        raise error
+    return tus_error(full)
 
 
 @bp.app_errorhandler(HTTPException)

@@ -19,8 +19,8 @@ from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from werkzeug.wrappers import Response as ResponseBase
 
 from . import listing
+from .callers import FILES_PATH, hook_request
 from .errors import TusError
-from .hooks import HookRequest
 from .parts import parts
 
 bp = Blueprint("web", __name__, template_folder="templates")
@@ -85,7 +85,7 @@ def uploads() -> ResponseBase:
             return response
     app_parts = parts()
     service, hooks = app_parts.service, app_parts.hooks
-    headers = dict(request.headers)
+    asking = hook_request()
     shown: list[dict[str, Any]] = []
     candidates = list(listing.recent_completed(app_parts.readers, before=before))
     # The hook decides on each upload as for its download, so it is given each one.
@@ -106,16 +106,7 @@ def uploads() -> ResponseBase:
         if hooks.authorize_needs_upload and upload.id not in infos:
             continue  # gone since it was listed
         try:
-            hooks.authorize(
-                HookRequest(
-                    method="GET",
-                    path=f"/files/{upload.id}",
-                    upload_id=upload.id,
-                    headers=headers,
-                    remote_addr=request.remote_addr,
-                ),
-                infos.get(upload.id),
-            )
+            hooks.authorize(asking.read_of(upload.id, FILES_PATH), infos.get(upload.id))
         except TusError:
             continue  # not theirs to see
         shown.append(

@@ -6,6 +6,19 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 
+from ..protocol import is_upload_id
+
+# Locks a whole run holds (through the same locker, so they span hosts when upload locks
+# do), named apart from uploads: an upload id has at least 8 characters, so no request
+# can ever lock one of these.
+CLEANUP_RUN_LOCK = "cleanup"
+RUN_LOCKS = frozenset({CLEANUP_RUN_LOCK})
+
+
+def is_lock_name(name: str) -> bool:
+    """What a locker locks: an upload id, or one of the fixed run-lock names."""
+    return is_upload_id(name) or name in RUN_LOCKS
+
 
 class Locker(Protocol):
     def hold(self, upload_id: str, *, timeout: float) -> AbstractContextManager[None]:

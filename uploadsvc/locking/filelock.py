@@ -17,6 +17,8 @@ import filelock
 
 from ..directory import scan_files
 from ..errors import UploadLocked
+from ..protocol import is_upload_id
+from . import is_lock_name
 
 LOCK_SUFFIX = ".lock"
 # A waiting request's ask to the holder to let go: a file beside the lock file, so it
@@ -38,8 +40,9 @@ class FileLocker:
         self._guard = threading.Lock()
 
     def _path(self, upload_id: str) -> Path:
-        if not upload_id.isalnum() or not upload_id.isascii():
-            raise ValueError(f"unsafe upload id {upload_id!r}")
+        # Upload ids and run-lock names only: either is a safe path component.
+        if not is_lock_name(upload_id):
+            raise ValueError(f"unsafe lock name {upload_id!r}")
         return self.directory / f"{upload_id}{LOCK_SUFFIX}"
 
     @contextmanager
@@ -91,6 +94,10 @@ class FileLocker:
             return upload_id in self._held
 
     def release_requested(self, upload_id: str) -> bool:
+        if not is_lock_name(upload_id):
+            # A request for an id no lock can have (the transfer monitor watches a body
+            # before the service has looked at its id): nobody can be waiting.
+            return False
         try:
             requested = self._release_path(upload_id).stat().st_mtime
         except FileNotFoundError:
@@ -112,8 +119,8 @@ class FileLocker:
 
 
 def _lock_id(name: str) -> str | None:
-    """The upload id of a lock file's name: only names ``_path`` could have made."""
+    """The upload id of a lock file's name (a run lock's file is not an upload's)."""
     upload_id = name.removesuffix(LOCK_SUFFIX)
-    if upload_id == name or not upload_id.isalnum() or not upload_id.isascii():
+    if upload_id == name or not is_upload_id(upload_id):
         return None
     return upload_id

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import tempfile
 from collections import deque
 from collections.abc import Iterable
@@ -14,10 +13,10 @@ from typing import BinaryIO
 
 from ..directory import scan_files
 from ..errors import InsufficientStorage
+from ..protocol import is_upload_id
 from . import NotDurable, StoreUnavailable
 from .errors import translated
 
-COPY_BLOCK = 1024 * 1024
 # A long append hands its data to writeback in steps of this many bytes, and drops it
 # from the page cache once it is this many steps behind.
 WRITEBACK_STEP = 8 * 1024 * 1024
@@ -25,8 +24,9 @@ WRITEBACK_WINDOW = 8
 
 
 class FileStore:
-    """One file per upload. Ids are validated by the caller (hex only), so they are
-    safe path components; ``_path`` still refuses anything else as a last guard."""
+    """One file per upload. Ids are validated by the caller (``protocol.is_upload_id``),
+    so they are safe path components; ``_path`` still refuses anything else as a last
+    guard."""
 
     def __init__(self, directory: Path, *, fsync: bool = True) -> None:
         self.directory = directory
@@ -34,7 +34,7 @@ class FileStore:
         directory.mkdir(parents=True, exist_ok=True)
 
     def _path(self, upload_id: str) -> Path:
-        if not _safe_id(upload_id):
+        if not is_upload_id(upload_id):
             raise ValueError(f"unsafe upload id {upload_id!r}")
         return self.directory / upload_id
 
@@ -118,16 +118,6 @@ class FileStore:
             finally:
                 os.close(fd)
 
-    def compose(self, upload_id: str, source_ids: Iterable[str]) -> None:
-        with _disk_errors(), self._path(upload_id).open("r+b") as target:
-            target.truncate(0)
-            for source_id in source_ids:
-                with self._path(source_id).open("rb") as source:
-                    shutil.copyfileobj(source, target, COPY_BLOCK)
-            target.flush()
-            if self.fsync:
-                os.fsync(target.fileno())
-
     def finish(self, upload_id: str) -> None:
         """A file is whole all along."""
 
@@ -139,7 +129,7 @@ class FileStore:
 
     def scan(self) -> list[tuple[str, datetime]]:
         # Only names the store could have made.
-        return scan_files(self.directory, lambda name: name if _safe_id(name) else None)
+        return scan_files(self.directory, lambda name: name if is_upload_id(name) else None)
 
     def check(self) -> None:
         """The directory takes a write that reaches the disk."""
@@ -151,10 +141,6 @@ class FileStore:
         except OSError as error:
             reason = error.strerror or type(error).__name__
             raise StoreUnavailable(f"data directory: {reason}") from error
-
-
-def _safe_id(upload_id: str) -> bool:
-    return upload_id.isalnum() and upload_id.isascii()
 
 
 def _fsync_directory(directory: Path) -> None:
