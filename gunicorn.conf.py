@@ -29,7 +29,7 @@ from flask import Flask
 from uploadsvc import check_reachable
 from uploadsvc.config import ConfigError, ServerSettings, Settings
 from uploadsvc.hooks import load_hooks
-from uploadsvc.parts import Parts, parts
+from uploadsvc.parts import EXTENSION, Parts, parts
 
 # Checked like every setting: UPLOADSVC_WORKERS=abc was a traceback, =0 a server with
 # no worker. gunicorn reads this file before on_starting, so a bad value stops it here.
@@ -85,9 +85,13 @@ def on_starting(server: Any) -> None:
 
 
 def _parts(worker: Any) -> Parts | None:
-    """The parts of the app this worker loaded (wsgi:app), or None where none is."""
+    """The parts of the app this worker loaded (wsgi:app), or None where none is: the
+    master, or another app that gunicorn runs with this file (gunicorn reads
+    ./gunicorn.conf.py by default; the bench's baseline app does)."""
     app = getattr(worker, "wsgi", None)
-    return parts(app) if isinstance(app, Flask) else None
+    if not isinstance(app, Flask) or EXTENSION not in app.extensions:
+        return None
+    return parts(app)
 
 
 def post_worker_init(worker: Any) -> None:

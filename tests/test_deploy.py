@@ -13,6 +13,7 @@ import shlex
 import subprocess
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -172,3 +173,15 @@ def test_nginx_ends_idle_upstream_connections_before_gunicorn(site: str) -> None
     gunicorn = re.search(r"^keepalive = (\d+)$", (ROOT / "gunicorn.conf.py").read_text(), re.M)
     assert gunicorn is not None
     assert int(timeout.group(1)) < int(gunicorn.group(1))
+
+
+def test_the_worker_hooks_leave_another_app_alone() -> None:
+    """gunicorn reads ./gunicorn.conf.py by default, so another app run from this
+    directory (the bench's baseline) gets its worker hooks: they must not fail on an app
+    that create_app didn't make (a KeyError there stopped every worker from booting)."""
+    from flask import Flask
+
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    worker = SimpleNamespace(wsgi=Flask("another"), alive=True, pid=os.getpid())
+    conf["post_worker_init"](worker)
+    conf["worker_exit"](None, worker)
