@@ -108,18 +108,7 @@ def run(ctx: Context, params: Params | None = None) -> Result:
             if left() <= 0:
                 result.hang(f"round {round_no}: budget of {params.budget:g} s used up")
                 break
-            uploads: dict[str, bytes] = {}
-            for _ in range(params.uploads):
-                data = rng.randbytes(rng.randint(256 * KiB, params.max_size))
-                upload_id = client.create(len(data), what=f"round {round_no} POST")
-                if upload_id is not None:
-                    uploads[upload_id] = data
-            senders = [Sender(server, uid, data, rng) for uid, data in uploads.items()]
-            for sender in senders:
-                sender.start()
-            for sender in senders:
-                sender.started.wait(30)
-            time.sleep(rng.uniform(0.05, 0.5))
+            senders = uploads_in_flight(server, client, rng, params, f"round {round_no} POST")
             result.count(faults=1)
             took = server.stop()
             stop_times.append(took)
@@ -178,6 +167,26 @@ def check_answer(result: Result, sender: Sender, what: str, answers: dict[str, i
         )
 
 
+def uploads_in_flight(
+    server: Server, client: Client, rng: random.Random, params: Params, what: str
+) -> list[Sender]:
+    """Create ``params.uploads`` uploads and start a sender on each; return once each
+    is sending and a random moment has passed, so the fault lands mid-body."""
+    uploads: dict[str, bytes] = {}
+    for _ in range(params.uploads):
+        data = rng.randbytes(rng.randint(256 * KiB, params.max_size))
+        upload_id = client.create(len(data), what=what)
+        if upload_id is not None:
+            uploads[upload_id] = data
+    senders = [Sender(server, uid, data, rng) for uid, data in uploads.items()]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.started.wait(30)
+    time.sleep(rng.uniform(0.05, 0.5))
+    return senders
+
+
 def reload_round(
     server: Server,
     client: Client,
@@ -187,19 +196,8 @@ def reload_round(
     answers: dict[str, int],
 ) -> float:
     """SIGHUP with uploads in flight; the seconds until only new workers were left."""
-    uploads: dict[str, bytes] = {}
-    for _ in range(params.uploads):
-        data = rng.randbytes(rng.randint(256 * KiB, params.max_size))
-        upload_id = client.create(len(data), what="reload POST")
-        if upload_id is not None:
-            uploads[upload_id] = data
     old = set(server.worker_pids())
-    senders = [Sender(server, uid, data, rng) for uid, data in uploads.items()]
-    for sender in senders:
-        sender.start()
-    for sender in senders:
-        sender.started.wait(30)
-    time.sleep(rng.uniform(0.05, 0.5))
+    senders = uploads_in_flight(server, client, rng, params, "reload POST")
     result.count(faults=1)
     started = time.monotonic()
     assert server.proc is not None
