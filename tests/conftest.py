@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from flask import Flask
@@ -176,3 +180,64 @@ def service(app: Flask) -> UploadService:
 def client(app: Flask) -> Iterator[FlaskClient]:
     with app.test_client() as client:
         yield client
+
+
+# -- a webhook receiver on 127.0.0.1 (tests/test_hooks.py, test_finish.py, live/test_finish_live.py)
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """A webhook endpoint: records each delivered event's JSON; paths in
+    ``redirecting`` answer 302, and ``failures_left`` POSTs answer 503 first."""
+
+    received: ClassVar[list[dict[str, Any]]] = []
+    failures_left: ClassVar[int] = 0
+    # Paths that answer 302 to /landed, and how many POSTs each got.
+    redirecting: ClassVar[dict[str, int]] = {}
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path in Receiver.redirecting:
+            Receiver.redirecting[self.path] += 1
+            self.send_response(302)
+            self.send_header("Location", "/landed")
+            self.send_header("Content-Length", "0")
+        elif Receiver.failures_left:
+            Receiver.failures_left -= 1
+            self.send_response(503)
+        else:
+            Receiver.received.append(json.loads(body))
+            self.send_response(204)
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        # Where a redirect leads: it would answer (urllib follows a POST's 302 as a GET).
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    Receiver.received = []
+    Receiver.redirecting = {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/events"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def deliveries(event: str, upload_id: str) -> int:
+    """How many ``event`` webhooks for ``upload_id`` the receiver got."""
+    return sum(
+        1
+        for payload in Receiver.received
+        if (payload["event"], payload["upload"]["id"]) == (event, upload_id)
+    )

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from tests.conftest import OCTET, TUS, Clock, database_settings, service
+from tests.conftest import OCTET, TUS, Clock, database_settings, deliveries, service
 from tests.hookmods import finish_log
 from tests.test_concat import final, partial
 from tests.test_views import chunked_patch, create, head, patch, stored
@@ -28,37 +26,8 @@ from uploadsvc.models import Upload, UploadState
 from uploadsvc.records import UploadInfo
 
 
-class Receiver(BaseHTTPRequestHandler):
-    """A webhook endpoint: records each delivered event."""
-
-    received: ClassVar[list[tuple[str, str]]] = []
-
-    def do_POST(self) -> None:
-        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        Receiver.received.append((payload["event"], payload["upload"]["id"]))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def webhook() -> Iterator[str]:
-    Receiver.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/events"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-@pytest.fixture
-def app(data_dir: Path, clock: Clock, database_url: str | None, webhook: str) -> Iterator[Flask]:
+def app(data_dir: Path, clock: Clock, database_url: str | None, receiver: str) -> Iterator[Flask]:
     finish_log.EVENTS.clear()
     app = create_app(
         {
@@ -66,7 +35,7 @@ def app(data_dir: Path, clock: Clock, database_url: str | None, webhook: str) ->
             "MAX_SIZE": "1000",
             "LOCK_TIMEOUT": "0.2",
             "HOOKS": "tests.hookmods.finish_log:FinishLog",
-            "WEBHOOK_URL": webhook,
+            "WEBHOOK_URL": receiver,
             **database_settings(database_url),
         },
         clock=clock,
@@ -90,7 +59,7 @@ def finishes(app: Flask, url: str) -> tuple[int, int]:
     upload_id = ident(url)
     return (
         finish_log.count("post-finish", upload_id),
-        Receiver.received.count(("post-finish", upload_id)),
+        deliveries("post-finish", upload_id),
     )
 
 

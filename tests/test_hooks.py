@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import OCTET, TUS, database_settings, service
+from tests.conftest import OCTET, TUS, Receiver, database_settings, service
 from tests.hookmods import sample
 from tests.test_views import head, patch, stored
 from uploadsvc import close_app, create_app, hooks
@@ -119,52 +116,6 @@ def test_failing_gatekeepers_refuse(data_dir: Path, hook: str) -> None:
 def test_unloadable_hooks_stop_start_up(data_dir: Path, spec: str) -> None:
     with pytest.raises(ConfigError, match="UPLOADSVC_HOOKS"):
         app_with(data_dir, HOOKS=spec)
-
-
-class Receiver(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-    failures_left: ClassVar[int] = 0
-    # Paths that answer 302 to /landed, and how many POSTs each got.
-    redirecting: ClassVar[dict[str, int]] = {}
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.path in Receiver.redirecting:
-            Receiver.redirecting[self.path] += 1
-            self.send_response(302)
-            self.send_header("Location", "/landed")
-            self.send_header("Content-Length", "0")
-        elif Receiver.failures_left:
-            Receiver.failures_left -= 1
-            self.send_response(503)
-        else:
-            Receiver.received.append(json.loads(body))
-            self.send_response(204)
-        self.end_headers()
-
-    def do_GET(self) -> None:
-        # Where a redirect leads: it would answer (urllib follows a POST's 302 as a GET).
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver() -> Iterator[str]:
-    Receiver.received = []
-    Receiver.redirecting = {}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/events"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_webhook_posts_events_with_retries(data_dir: Path, receiver: str) -> None:

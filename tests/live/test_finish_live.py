@@ -12,13 +12,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.test_finish import Receiver, webhook
+from tests.conftest import deliveries
 
 from .conftest import LiveServer, build_request, exchange, head_upload, upload_id
 
 pytestmark = pytest.mark.live
-
-__all__ = ["webhook"]  # the receiver fixture, used here by name
 
 BODIES = {
     "past the length": b"5\r\naaaaa\r\n3\r\nbbb\r\n0\r\n\r\n",
@@ -30,7 +28,7 @@ BODIES = {
 
 def finishes(events: Path, ident: str) -> tuple[int, int]:
     logged = events.read_text().splitlines() if events.exists() else []
-    return logged.count(f"post-finish {ident}"), Receiver.received.count(("post-finish", ident))
+    return logged.count(f"post-finish {ident}"), deliveries("post-finish", ident)
 
 
 def settle(read: Callable[[], tuple[int, int]], want: tuple[int, int]) -> tuple[int, int]:
@@ -45,12 +43,12 @@ def settle(read: Callable[[], tuple[int, int]], want: tuple[int, int]) -> tuple[
 
 @pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
 def test_chunked_routes_into_complete_finish_once(
-    server_factory: Callable[..., LiveServer], webhook: str, tmp_path: Path, body: bytes
+    server_factory: Callable[..., LiveServer], receiver: str, tmp_path: Path, body: bytes
 ) -> None:
     events = tmp_path / "events"
     server = server_factory(
         UPLOADSVC_HOOKS="tests.hookmods.finish_log:FinishLog",
-        UPLOADSVC_WEBHOOK_URL=webhook,
+        UPLOADSVC_WEBHOOK_URL=receiver,
         FINISH_EVENTS_FILE=str(events),
     )
     url = server.create_upload(5)
