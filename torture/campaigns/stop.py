@@ -136,17 +136,7 @@ def run(ctx: Context, params: Params | None = None) -> Result:
                         result.mismatch(f"{what}: told offset {sender.told_offset}, stored {size}")
             server.start()
             for sender in senders:
-                what = f"round {round_no} upload {sender.upload_id[:8]}"
-                offset = client.resume_offset(sender.upload_id, what=what)
-                if offset is None:
-                    continue
-                size = server.data_file(sender.upload_id).stat().st_size
-                if offset != size or offset > sender.sent:
-                    result.mismatch(f"{what}: HEAD {offset}, stored {size}, sent {sender.sent}")
-                elif not client.stored_prefix_ok(sender.upload_id, sender.data, offset):
-                    result.mismatch(f"{what}: data file is not the first {offset} bytes sent")
-                if client.finish(sender.upload_id, sender.data, what=what):
-                    client.verify(sender.upload_id, sender.data, what=what)
+                resume(server, client, result, sender, f"round {round_no} upload")
         if left() > 0:
             reload_s = reload_round(server, client, result, rng, params, answers)
             result.figures["reload_s"] = round(reload_s, 2)
@@ -218,16 +208,31 @@ def reload_round(
         if sender.is_alive():
             result.hang("reload: a client still waiting after the reload")
     for sender in senders:
-        what = f"reload upload {sender.upload_id[:8]}"
-        check_answer(result, sender, what, answers)
-        offset = client.resume_offset(sender.upload_id, what=what)
-        if offset is None:
-            continue
-        size = server.data_file(sender.upload_id).stat().st_size
-        if offset != size or offset > sender.sent:
-            result.mismatch(f"{what}: HEAD {offset}, stored {size}, sent {sender.sent}")
-        elif sender.told_offset is not None and sender.told_offset != offset:
-            result.mismatch(f"{what}: told offset {sender.told_offset}, HEAD {offset}")
-        if client.finish(sender.upload_id, sender.data, what=what):
-            client.verify(sender.upload_id, sender.data, what=what)
+        check_answer(result, sender, f"reload upload {sender.upload_id[:8]}", answers)
+        offset = resume(server, client, result, sender, "reload upload")
+        if offset is not None and sender.told_offset not in (None, offset):
+            result.mismatch(
+                f"reload upload {sender.upload_id[:8]}: told offset {sender.told_offset},"
+                f" HEAD {offset}"
+            )
     return took
+
+
+def resume(
+    server: Server, client: Client, result: Result, sender: Sender, label: str
+) -> int | None:
+    """Resume an upload a fault cut as a client would (HEAD, then the rest), checking
+    that HEAD's offset is what is stored, at most what was sent and a prefix of it, and
+    that the finished upload is intact; HEAD's offset, or None when there was none."""
+    what = f"{label} {sender.upload_id[:8]}"
+    offset = client.resume_offset(sender.upload_id, what=what)
+    if offset is None:
+        return None
+    size = server.data_file(sender.upload_id).stat().st_size
+    if offset != size or offset > sender.sent:
+        result.mismatch(f"{what}: HEAD {offset}, stored {size}, sent {sender.sent}")
+    elif not client.stored_prefix_ok(sender.upload_id, sender.data, offset):
+        result.mismatch(f"{what}: data file is not the first {offset} bytes sent")
+    if client.finish(sender.upload_id, sender.data, what=what):
+        client.verify(sender.upload_id, sender.data, what=what)
+    return offset
