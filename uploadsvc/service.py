@@ -189,7 +189,7 @@ class UploadService:
         if not protocol.is_upload_id(upload_id):
             log.error("pre_create hook chose an invalid upload id %r", upload_id)
             raise HookFailed("the server's pre-create hook chose an invalid id")
-        with self.sessions.begin() as session:
+        with self.readers.begin() as session:
             if session.get(Upload, upload_id) is not None:
                 raise UploadExists()
         return upload_id
@@ -655,7 +655,7 @@ class UploadService:
         """Run a finish left due (for ``flask cleanup``); whether this call ran it.
         Waits for no lock (``UploadLocked``): a busy upload's holder finishes it."""
         with self.locker.hold(upload_id, timeout=0):
-            with self.sessions.begin() as session:
+            with self.readers.begin() as session:
                 info = UploadInfo.of(self._load_row(session, upload_id))
             info = self._complete(info)
         self._after_finish(info)
@@ -702,7 +702,7 @@ class UploadService:
         return self._complete(info)
 
     def _complete_finals_of(self, partial_id: str) -> None:
-        with self.sessions.begin() as session:
+        with self.readers.begin() as session:
             query = select(UploadPart.final_id).where(UploadPart.partial_id == partial_id)
             final_ids = list(dict.fromkeys(session.scalars(query)))
         for final_id in final_ids:
