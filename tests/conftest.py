@@ -77,6 +77,7 @@ BOTH_DATABASES = frozenset(
         "test_cleanup.py",
         "test_hooks.py",  # hook-chosen ids
         "test_finish.py",
+        "test_webhooks.py",  # the outbox's claims on both registries
         "live/test_tuspy_uploads.py",
         "live/test_resume.py",
         "live/test_takeover.py",
@@ -207,6 +208,10 @@ class Receiver(BaseHTTPRequestHandler):
     failures_left: ClassVar[int] = 0
     failure_status: ClassVar[int] = 503
     delay: ClassVar[float] = 0.0
+    # While set (an Event), each POST waits (bounded) until it is set; ``waiting``
+    # counts the POSTs held there.
+    gate: ClassVar[threading.Event | None] = None
+    waiting: ClassVar[int] = 0
     # Paths that answer 302 to /landed, and how many POSTs each got.
     redirecting: ClassVar[dict[str, int]] = {}
     _guard: ClassVar[threading.Lock] = threading.Lock()
@@ -216,6 +221,13 @@ class Receiver(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if Receiver.delay:
             time.sleep(Receiver.delay)
+        gate = Receiver.gate
+        if gate is not None:
+            with Receiver._guard:
+                Receiver.waiting += 1
+            gate.wait(30)
+            with Receiver._guard:
+                Receiver.waiting -= 1
         with Receiver._guard:
             if self.path in Receiver.redirecting:
                 Receiver.redirecting[self.path] += 1
@@ -252,6 +264,8 @@ def receiver() -> Iterator[str]:
     Receiver.failures_left = 0
     Receiver.failure_status = 503
     Receiver.delay = 0.0
+    Receiver.gate = None
+    Receiver.waiting = 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
