@@ -453,3 +453,28 @@ def test_a_blocked_receiver_delays_no_upload(app: Flask, client: FlaskClient) ->
     assert worker.drain(30)
     worker.stop(5)
     assert len(Receiver.received) == 12
+
+
+def test_metrics_show_the_backlog(app: Flask, client: FlaskClient, clock: Clock) -> None:
+    def scrape() -> dict[str, float]:
+        lines = client.get("/metrics").text.splitlines()
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in lines
+            if line.startswith("uploadsvc_webhook_")
+        }
+
+    Receiver.failures_left = 1
+    create(client, 0)  # post-create (refused once), post-finish behind it
+    dispatcher(app).deliver_due()
+    seen = scrape()
+    assert seen['uploadsvc_webhook_events{state="pending"}'] == 2
+    assert seen['uploadsvc_webhook_events{state="delivered"}'] == 0
+    assert seen['uploadsvc_webhook_events{state="failed"}'] == 0
+    assert seen["uploadsvc_webhook_oldest_pending_seconds"] > 0  # the test clock is in the past
+    clock.advance(1)
+    settle(app)
+    seen = scrape()
+    assert seen['uploadsvc_webhook_events{state="pending"}'] == 0
+    assert seen['uploadsvc_webhook_events{state="delivered"}'] == 2
+    assert seen["uploadsvc_webhook_oldest_pending_seconds"] == 0
