@@ -10,12 +10,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import Receiver, deliveries
 from tests.test_webhooks import SECRET, verify
 from testsupport import server as harness
+from uploadsvc import close_app, create_app
 
 from .conftest import (
     REPO_ROOT,
@@ -132,3 +134,34 @@ def server_cli(server: LiveServer, *args: str) -> str:
         check=True,
     )
     return result.stdout.decode()
+
+
+def test_flask_webhooks_deliver_runs_until_sigterm(receiver: str, tmp_path: Path) -> None:
+    """For operators without gunicorn: events recorded by an app that runs no
+    dispatcher are delivered by ``flask webhooks deliver``, which stops on SIGTERM."""
+    data_dir = tmp_path / "data"
+    settings = {"DATA_DIR": str(data_dir), "WEBHOOK_URL": receiver}
+    app = create_app(settings)
+    try:
+        for _ in range(3):
+            response = app.test_client().post(
+                "/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "0"}
+            )
+            assert response.status_code == 201
+    finally:
+        close_app(app)
+    assert Receiver.requests == []
+    env = harness.clean_env(**{f"UPLOADSVC_{key}": value for key, value in settings.items()})
+    log_path = tmp_path / "deliver.log"
+    proc = harness.spawn(
+        [str(VENV_BIN / "flask"), "--app", "wsgi", "webhooks", "deliver"],
+        env=env,
+        log_path=log_path,
+    )
+    try:
+        assert wait_for(lambda: len(Receiver.received) == 6, 30)
+    finally:
+        harness.terminate(proc)
+        harness.wait_or_kill(proc, 20)
+    assert proc.returncode == 0, log_path.read_text()
+    assert "Traceback" not in log_path.read_text()
