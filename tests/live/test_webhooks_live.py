@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Receiver, deliveries
+from tests.pg import PostgresServer
 from tests.test_webhooks import SECRET, verify
 from testsupport import server as harness
 from uploadsvc import close_app, create_app
@@ -165,3 +166,39 @@ def test_flask_webhooks_deliver_runs_until_sigterm(receiver: str, tmp_path: Path
         harness.wait_or_kill(proc, 20)
     assert proc.returncode == 0, log_path.read_text()
     assert "Traceback" not in log_path.read_text()
+
+
+def test_two_hosts_on_postgresql_deliver_each_event_once(
+    server_factory: Callable[..., LiveServer], receiver: str, postgres: PostgresServer
+) -> None:
+    """Two hosts (two gunicorns of two workers: four dispatchers) sharing one
+    PostgreSQL registry: uploads on both, every event delivered exactly once."""
+    Receiver.delay = 0.02
+    with postgres.database() as database_url:
+        env = {
+            "UPLOADSVC_WEBHOOK_URL": receiver,
+            "UPLOADSVC_WEBHOOK_SECRET": SECRET,
+            "UPLOADSVC_DATABASE_URL": database_url,
+        }
+        hosts = [server_factory(**env), server_factory(**env)]
+        idents: list[str] = []
+        guard = threading.Lock()
+
+        def uploads(host: LiveServer) -> None:
+            for _ in range(8):
+                ident = complete_upload(host)
+                with guard:
+                    idents.append(ident)
+
+        threads = [threading.Thread(target=uploads, args=(host,)) for host in hosts * 2]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(idents) == 32
+        assert wait_for(lambda: len(Receiver.received) >= 64)
+        time.sleep(1.5)  # room for a duplicate to show
+        ids = Counter(request.headers["x-uploadsvc-event-id"] for request in Receiver.requests)
+        assert len(ids) == 64 and set(ids.values()) == {1}, ids.most_common(3)
+        for host in hosts:
+            host.stop()  # before the database goes
