@@ -8,7 +8,6 @@ Imported lazily by the package (``uploadsvc/__init__.py``), so the uploader
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,8 +35,6 @@ from .storage.filesystem import FileStore
 from .transfers import TransferMonitor
 
 __all__ = ["check_reachable", "close_app", "create_app"]
-
-log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -145,12 +142,6 @@ def _dispatcher(
     """The webhook dispatcher when a webhook URL is set (not started: see gunicorn.conf.py)."""
     if settings.webhook_url is None:
         return None
-    if settings.webhook_secret is None:
-        log.warning(
-            "%sWEBHOOK_URL is set without %sWEBHOOK_SECRET: webhook requests go unsigned",
-            PREFIX,
-            PREFIX,
-        )
     dispatcher = Dispatcher(
         sessions, settings.webhook_url, secret=settings.webhook_secret, readers=readers, clock=clock
     )

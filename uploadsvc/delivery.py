@@ -164,6 +164,12 @@ class Dispatcher:
         """Run the loop in a daemon thread (once; again after a fork, see gunicorn.conf.py)."""
         if self._thread is not None and self._thread.is_alive():
             return
+        if self.secret is None:
+            # Here, not at every create_app: `flask cleanup` from cron would mail it.
+            log.warning(
+                "UPLOADSVC_WEBHOOK_URL is set without UPLOADSVC_WEBHOOK_SECRET:"
+                " webhook requests go unsigned"
+            )
         self._stop.clear()
         self._deadline = None
         self.name = _claimer_name()  # a forked child is another claimer
