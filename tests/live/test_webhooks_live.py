@@ -5,6 +5,8 @@ workers, and a receiver that holds its requests holds up no upload."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -71,6 +73,33 @@ def test_a_sigkill_loses_no_event(server_factory: Callable[..., LiveServer], rec
     finally:
         restarted.stop()
     assert "Traceback" not in restarted.log_text()
+
+
+def workers_of(server: LiveServer) -> list[int]:
+    """The gunicorn master's children: its workers."""
+    pid = server.proc.pid
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def test_sigkilled_workers_are_replaced_and_their_events_delivered(
+    server_factory: Callable[..., LiveServer], receiver: str
+) -> None:
+    """Both workers SIGKILLed right after an upload finished (the master lives and
+    forks new ones): the new workers' dispatchers deliver what the dead left."""
+    Receiver.failures_left = 10**6
+    server = server_factory(UPLOADSVC_WEBHOOK_URL=receiver, UPLOADSVC_WEBHOOK_SECRET=SECRET)
+    before = workers_of(server)
+    assert len(before) == 2
+    ident = complete_upload(server)
+    assert wait_for(lambda: len(Receiver.requests) >= 1, 20)
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    Receiver.failures_left = 0
+    assert wait_for(lambda: deliveries("post-finish", ident) == 1)
+    assert not set(before) & set(workers_of(server))  # delivered by their successors
+    time.sleep(1.0)
+    assert [item["event"] for item in Receiver.received] == ["post-create", "post-finish"]
 
 
 def test_two_workers_deliver_each_event_once(
