@@ -13,6 +13,8 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+import time
 from typing import Any
 
 # Prometheus multiprocess mode: every worker writes its metrics under one fresh
@@ -96,24 +98,41 @@ def _parts(worker: Any) -> Parts | None:
 
 def post_worker_init(worker: Any) -> None:
     """On SIGTERM, end the PATCH bodies in flight so their offsets are recorded before
-    the worker exits, instead of waiting out graceful_timeout and being killed."""
+    the worker exits, instead of waiting out graceful_timeout and being killed. And
+    start this worker's webhook dispatcher (a thread delivering the events outbox):
+    every worker runs one, and their claims keep them off each other's events."""
     app_parts = _parts(worker)
     if app_parts is not None:
         app_parts.transfers.stop_all_when(lambda: not worker.alive)
+        if app_parts.dispatcher is not None:
+            app_parts.dispatcher.start()
 
 
 # A stopping worker waits this long at most for its queued post-events (post-finish
-# hooks, webhooks) before it exits; within graceful_timeout, after the PATCHes ended.
+# Python hooks, and webhook events due now) before it exits; within graceful_timeout,
+# after the PATCHes ended.
 HOOK_DRAIN_TIMEOUT = 10.0
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """In the exiting worker: deliver the post-events still queued (a completion just
-    before a stop or reload), bounded, or they die with the process. gunicorn calls this
-    hook in the master too (for a reaped worker), where no app is loaded: nothing to do."""
+    """In the exiting worker: run the Python post hooks still queued (a completion just
+    before a stop or reload), bounded, or they die with the process; meanwhile the
+    webhook dispatcher delivers what is due, then stops. Webhook events it leaves are
+    not lost: they wait in the outbox for the next worker. gunicorn calls this hook in
+    the master too (for a reaped worker), where no app is loaded: nothing to do."""
     app_parts = _parts(worker) if worker.pid == os.getpid() else None
-    if app_parts is not None:
-        app_parts.hooks.drain(timeout=HOOK_DRAIN_TIMEOUT)
+    if app_parts is None:
+        return
+    deadline = time.monotonic() + HOOK_DRAIN_TIMEOUT
+    dispatcher = app_parts.dispatcher
+    stopper = None
+    if dispatcher is not None:
+        # In a thread of its own: the hooks' queue drains at the same time.
+        stopper = threading.Thread(target=dispatcher.stop, args=(HOOK_DRAIN_TIMEOUT,))
+        stopper.start()
+    app_parts.hooks.drain(timeout=HOOK_DRAIN_TIMEOUT)
+    if stopper is not None:
+        stopper.join(max(0.0, deadline - time.monotonic()) + 6.0)
 
 
 def child_exit(server: Any, worker: Any) -> None:

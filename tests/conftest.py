@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -75,6 +77,7 @@ BOTH_DATABASES = frozenset(
         "test_cleanup.py",
         "test_hooks.py",  # hook-chosen ids
         "test_finish.py",
+        "test_webhooks.py",  # the outbox's claims on both registries
         "live/test_tuspy_uploads.py",
         "live/test_resume.py",
         "live/test_takeover.py",
@@ -185,28 +188,62 @@ def client(app: Flask) -> Iterator[FlaskClient]:
 # -- a webhook receiver on 127.0.0.1 (tests/test_hooks.py, test_finish.py, live/test_finish_live.py)
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One POST the receiver got: its headers (lower-cased names), body and answer."""
+
+    headers: dict[str, str]
+    body: bytes
+    status: int
+    at: float  # time.monotonic() when it arrived
+
+
 class Receiver(BaseHTTPRequestHandler):
-    """A webhook endpoint: records each delivered event's JSON; paths in
-    ``redirecting`` answer 302, and ``failures_left`` POSTs answer 503 first."""
+    """A webhook endpoint: records each delivered event's JSON (``received``) and every
+    POST (``requests``); paths in ``redirecting`` answer 302, ``failures_left`` POSTs
+    answer ``failure_status`` first, and each POST takes ``delay`` seconds."""
 
     received: ClassVar[list[dict[str, Any]]] = []
+    requests: ClassVar[list[Delivery]] = []
     failures_left: ClassVar[int] = 0
+    failure_status: ClassVar[int] = 503
+    delay: ClassVar[float] = 0.0
+    # While set (an Event), each POST waits (bounded) until it is set; ``waiting``
+    # counts the POSTs held there.
+    gate: ClassVar[threading.Event | None] = None
+    waiting: ClassVar[int] = 0
     # Paths that answer 302 to /landed, and how many POSTs each got.
     redirecting: ClassVar[dict[str, int]] = {}
+    _guard: ClassVar[threading.Lock] = threading.Lock()
 
     def do_POST(self) -> None:
+        arrived = time.monotonic()
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.path in Receiver.redirecting:
-            Receiver.redirecting[self.path] += 1
-            self.send_response(302)
+        if Receiver.delay:
+            time.sleep(Receiver.delay)
+        gate = Receiver.gate
+        if gate is not None:
+            with Receiver._guard:
+                Receiver.waiting += 1
+            gate.wait(30)
+            with Receiver._guard:
+                Receiver.waiting -= 1
+        with Receiver._guard:
+            if self.path in Receiver.redirecting:
+                Receiver.redirecting[self.path] += 1
+                status = 302
+            elif Receiver.failures_left:
+                Receiver.failures_left -= 1
+                status = Receiver.failure_status
+            else:
+                Receiver.received.append(json.loads(body))
+                status = 204
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            Receiver.requests.append(Delivery(headers, body, status, arrived))
+        self.send_response(status)
+        if status == 302:
             self.send_header("Location", "/landed")
-            self.send_header("Content-Length", "0")
-        elif Receiver.failures_left:
-            Receiver.failures_left -= 1
-            self.send_response(503)
-        else:
-            Receiver.received.append(json.loads(body))
-            self.send_response(204)
+        self.send_header("Content-Length", "0")
         self.end_headers()
 
     def do_GET(self) -> None:
@@ -222,7 +259,13 @@ class Receiver(BaseHTTPRequestHandler):
 @pytest.fixture
 def receiver() -> Iterator[str]:
     Receiver.received = []
+    Receiver.requests = []
     Receiver.redirecting = {}
+    Receiver.failures_left = 0
+    Receiver.failure_status = 503
+    Receiver.delay = 0.0
+    Receiver.gate = None
+    Receiver.waiting = 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -241,3 +284,12 @@ def deliveries(event: str, upload_id: str) -> int:
         for payload in Receiver.received
         if (payload["event"], payload["upload"]["id"]) == (event, upload_id)
     )
+
+
+def settle(app: Flask, timeout: float = 15.0) -> None:
+    """Run the queued Python post hooks and deliver the webhook events pending in the
+    outbox (in this thread: an app outside gunicorn starts no dispatcher), bounded."""
+    app_parts = parts(app)
+    app_parts.hooks.drain(timeout=timeout)
+    if app_parts.dispatcher is not None:
+        app_parts.dispatcher.drain(timeout=timeout)

@@ -593,6 +593,7 @@ def test_json_report_shape(app: Flask) -> None:
         "finished": [],
         "skipped": [],
         "failures": [],
+        "events_trimmed": 0,
     }
 
 

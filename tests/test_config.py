@@ -204,6 +204,8 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "PROXY_HOPS": frozenset({"0"}),
     "HOOKS": frozenset(),
     "WEBHOOK_URL": frozenset(),
+    "WEBHOOK_SECRET": frozenset({"9" * 40}),  # 16 characters or more: any will do
+    "EVENT_RETENTION": frozenset(),
     "LOG_JSON": frozenset({"0"}),
     "TOMBSTONE_TTL": frozenset(),
     "ORPHAN_GRACE": frozenset(),
@@ -269,6 +271,7 @@ def test_empty_or_blank_means_the_default(name: str, value: str) -> None:
         ("TOMBSTONE_TTL", str(config.CENTURY + 1)),
         ("ORPHAN_GRACE", str(config.CENTURY + 1)),
         ("KEEP_COMPLETED", str(config.CENTURY + 1)),
+        ("EVENT_RETENTION", str(config.CENTURY + 1)),
         ("LOCK_TIMEOUT", "3601"),
         ("READ_TIMEOUT", "86401"),
         ("READ_TIMEOUT", "1e9999"),

@@ -17,7 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from tests.conftest import OCTET, TUS, Clock, database_settings, deliveries, service
+from tests.conftest import OCTET, TUS, Clock, database_settings, deliveries, service, settle
 from tests.hookmods import finish_log
 from tests.test_concat import final, partial
 from tests.test_views import chunked_patch, create, head, patch, stored
@@ -55,7 +55,7 @@ def ident(url: str) -> str:
 
 def finishes(app: Flask, url: str) -> tuple[int, int]:
     """(post-finish hook runs, post-finish webhook deliveries) for the upload."""
-    service(app).hooks.drain(timeout=15)
+    settle(app)
     upload_id = ident(url)
     return (
         finish_log.count("post-finish", upload_id),

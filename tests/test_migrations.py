@@ -18,8 +18,10 @@ from alembic.script import ScriptDirectory
 from flask import Flask
 from sqlalchemy import Engine, inspect, select, text
 
-from uploadsvc import db, listing
-from uploadsvc.models import ID_LENGTH, Base, Upload, UploadPart, UploadState
+from uploadsvc import db, listing, outbox
+from uploadsvc.delivery import Dispatcher
+from uploadsvc.models import ID_LENGTH, Base, Event, EventState, Upload, UploadPart, UploadState
+from uploadsvc.records import UploadInfo
 
 FIRST = "0001"
 CONCATENATION = "0002"
@@ -249,3 +251,57 @@ def test_listing_index_on_a_database_with_data(engine: Engine) -> None:
 
 def _indexes(engine: Engine) -> set[str]:
     return {str(index["name"]) for index in inspect(engine).get_indexes("uploads")}
+
+
+BEFORE_EVENTS = "0005"  # the revision 0008 follows (the lead re-chains it at merge)
+
+
+def test_events_outbox_on_a_database_with_data(engine: Engine) -> None:
+    """0008 adds the events outbox to a registry holding uploads: they stay, the outbox
+    starts empty and takes events (the dispatcher's claim query included), and a
+    downgrade drops it and keeps the uploads."""
+    config = db.alembic_config(engine)
+    command.upgrade(config, BEFORE_EVENTS)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                'INSERT INTO uploads (id, state, length, "offset", upload_metadata, verifying,'
+                " created_at, updated_at, completed_at, finished_at) VALUES (:id, :state, 1,"
+                " :offset, '', FALSE, '2026-01-01 12:00:00.000000',"
+                " '2026-01-01 12:00:00.000000', :done, :done)"
+            ),
+            [
+                {"id": UPLOAD_ID, "state": "ACTIVE", "offset": 0, "done": None},
+                {
+                    "id": TOMBSTONE_ID,
+                    "state": "COMPLETED",
+                    "offset": 1,
+                    "done": "2026-01-01 12:01:00.000000",
+                },
+            ],
+        )
+    assert "events" not in inspect(engine).get_table_names()
+    command.upgrade(config, "head")
+    sessions = db.make_sessionmaker(engine)
+    with sessions.begin() as session:
+        assert session.scalars(select(Event)).all() == []
+        done = session.get_one(Upload, TOMBSTONE_ID)
+        assert done.state is UploadState.COMPLETED
+        assert session.get_one(Upload, UPLOAD_ID).state is UploadState.ACTIVE
+        outbox.record(session, "post-finish", UploadInfo.of(done), datetime.now(UTC))
+    dispatcher = Dispatcher(sessions, "http://127.0.0.1:9/")
+    assert dispatcher.pending() == 1
+    assert dispatcher.deliver_due() == 1  # nothing listens on port 9: refused, still owed
+    with sessions.begin() as session:
+        (event,) = session.scalars(select(Event)).all()
+        assert (event.state, event.attempts, event.upload_id) == (
+            EventState.PENDING,
+            1,
+            TOMBSTONE_ID,
+        )
+    command.downgrade(config, BEFORE_EVENTS)
+    assert "events" not in inspect(engine).get_table_names()
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM uploads")).scalar() == 2
+    command.upgrade(config, "head")
+    assert "events" in inspect(engine).get_table_names()

@@ -13,16 +13,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
+from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import cli, db, ops
 from .clientslots import ClientSlots
 from .config import PREFIX, ConfigError, Settings
 from .connection import AnnouncedCloses
+from .delivery import Dispatcher
 from .hooks import Hooks, load_hooks
 from .locking import Locker
 from .locking.filelock import FileLocker
 from .metrics import Metrics
+from .outbox import Outbox
 from .overrides import MethodOverride
 from .parts import EXTENSION, Parts, parts
 from .records import Limits
@@ -58,14 +61,19 @@ def create_app(
     # Reads (downloads, HEADs, /metrics, /healthz, the page's list) take no write lock.
     readers = db.make_readers(engine)
     metrics = Metrics(readers)
+    clock = clock or utcnow
+    # Webhooks: events recorded in the outbox with their change, delivered by a
+    # dispatcher (a thread per gunicorn worker, started by gunicorn.conf.py, or `flask
+    # webhooks deliver`); woken by each event once its change committed.
+    outbox = Outbox(enabled=settings.webhook_url is not None)
+    dispatcher = _dispatcher(settings, sessions, readers, clock, closers)
+    listeners = [metrics.upload_event] + ([dispatcher.wake] if dispatcher else [])
     hooks = Hooks(
         target=load_hooks(settings.hooks) if settings.hooks else None,
-        webhook_url=settings.webhook_url,
-        listeners=[metrics.upload_event],
+        listeners=listeners,
     )
     locker = _locker(settings, metrics.lock_waited, closers)
     store = _store(settings, closers)
-    clock = clock or utcnow
     service = UploadService(
         sessions,
         store,
@@ -78,6 +86,7 @@ def create_app(
         clock=clock,
         hooks=hooks,
         readers=readers,
+        outbox=outbox,
     )
     transfers = TransferMonitor(
         locker,
@@ -101,6 +110,8 @@ def create_app(
         metrics=metrics,
         client_slots=ClientSlots(settings.max_uploads_per_client),
         closers=closers,
+        outbox=outbox,
+        dispatcher=dispatcher,
     )
 
     from . import views, web
@@ -119,6 +130,24 @@ def create_app(
     # Outermost: it sees the server's own start_response.
     app.wsgi_app = AnnouncedCloses(app.wsgi_app)  # type: ignore[method-assign]
     return app
+
+
+def _dispatcher(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    readers: sessionmaker[Session],
+    clock: Callable[[], datetime],
+    closers: list[Callable[[], None]],
+) -> Dispatcher | None:
+    """The webhook dispatcher when a webhook URL is set (not started: see gunicorn.conf.py)."""
+    if settings.webhook_url is None:
+        return None
+    dispatcher = Dispatcher(
+        sessions, settings.webhook_url, secret=settings.webhook_secret, readers=readers, clock=clock
+    )
+    # First: a running loop stops (bounded) before the engine it uses is disposed.
+    closers.insert(0, lambda: dispatcher.stop(timeout=0))
+    return dispatcher
 
 
 def _locker(

@@ -13,6 +13,11 @@ Framework-free: ``flask cleanup`` (cli.py) builds a ``Cleaner`` and prints its
 5. orphans: data and lock files without a live row. Files without any row must be older
    than a grace period: ``service.create`` writes the data file before it inserts the
    row, so a young row-less file is an upload being born.
+6. events: webhook events (outbox.py) delivered, or failed for good, longer ago than the
+   event retention are deleted; pending ones are never touched.
+
+Steps 1-3 record a ``post-expire`` webhook event (its ``reason`` the step's name) in
+the transaction that makes the tombstone.
 
 A final upload holds no copy of its partials' bytes: it is read through them. So the
 data of a partial that a live (active or completed) final names is never removed,
@@ -37,16 +42,18 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from sqlalchemy import Executable, select
+from sqlalchemy import CursorResult, Executable, delete, func, or_, select
 from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from .config import Settings
 from .errors import UploadLocked
 from .locking import CLEANUP_RUN_LOCK, Locker
-from .models import Upload, UploadPart, UploadState
+from .models import Event, EventState, Upload, UploadPart, UploadState
+from .outbox import Outbox
 from .protocol import is_upload_id
+from .records import UploadInfo
 from .service import named_by_live_finals, partial_in_use
 from .storage import UploadStore
 
@@ -67,6 +74,8 @@ class Retention:
     tombstone_ttl: timedelta
     orphan_grace: timedelta
     keep_completed: timedelta | None = None  # None: completed uploads stay forever
+    # Webhook events delivered (or failed for good) longer ago than this are deleted.
+    events: timedelta = timedelta(days=7)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Retention:
@@ -75,6 +84,7 @@ class Retention:
             tombstone_ttl=timedelta(seconds=settings.tombstone_ttl),
             orphan_grace=timedelta(seconds=settings.orphan_grace),
             keep_completed=None if keep is None else timedelta(seconds=keep),
+            events=timedelta(seconds=settings.event_retention),
         )
 
 
@@ -100,6 +110,7 @@ class Report:
     orphan_locks: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # busy: left for the next run
     failures: list[Failure] = field(default_factory=list)
+    events_trimmed: int = 0  # webhook events past their retention, deleted
 
     OUTCOMES: ClassVar[tuple[str, ...]] = (  # what a run removes
         "expired",
@@ -122,6 +133,7 @@ class Report:
             or self.finished
             or self.skipped
             or self.failures
+            or self.events_trimmed
             or any(self.counts().values())
         )
 
@@ -138,6 +150,7 @@ class Report:
             "finished": list(self.finished),
             "skipped": list(self.skipped),
             "failures": [vars(failure) for failure in self.failures],
+            "events_trimmed": self.events_trimmed,
         }
 
 
@@ -152,6 +165,7 @@ class Cleaner:
         resume_finish: Callable[[str], bool],
         retention: Retention,
         dry_run: bool = False,
+        outbox: Outbox | None = None,
     ):
         self.sessions = sessions
         self.store = store
@@ -161,6 +175,8 @@ class Cleaner:
         self.resume_finish = resume_finish
         self.retention = retention
         self.dry_run = dry_run
+        # Where an expiry's post-expire webhook event is recorded (outbox.py).
+        self.outbox = outbox or Outbox()
 
     def run(self) -> Report:
         report = Report(dry_run=self.dry_run)
@@ -186,6 +202,7 @@ class Cleaner:
         self._bury_gone(now, report, seen)
         self._purge_tombstones(now, report, seen)
         self._sweep_orphans(now, report, seen)
+        self._trim_events(now, report)
 
     # -- the steps --------------------------------------------------------------------
 
@@ -215,7 +232,9 @@ class Cleaner:
 
         query = select(Upload.id).where(Upload.expired_by(now))
         for upload_id in self._unseen(self._ids(query), seen):
-            self._attempt(upload_id, report, "expired", lambda i: self._bury(i, now, still_due))
+            self._attempt(
+                upload_id, report, "expired", lambda i: self._bury(i, now, still_due, "expired")
+            )
 
     def _retire_completed(self, now: datetime, report: Report, seen: set[str]) -> None:
         keep = self.retention.keep_completed
@@ -244,7 +263,9 @@ class Cleaner:
             Upload.id.not_in(awaited),
         )
         for upload_id in self._unseen(self._ids(query), seen):
-            self._attempt(upload_id, report, "completed", lambda i: self._bury(i, now, still_due))
+            self._attempt(
+                upload_id, report, "completed", lambda i: self._bury(i, now, still_due, "completed")
+            )
 
     def _bury_gone(self, now: datetime, report: Report, seen: set[str]) -> None:
         # Rows first, then files: every row read here had its file before it was
@@ -257,7 +278,9 @@ class Cleaner:
             return row is not None and row.state in LIVE and self.store.size(row.id) is None
 
         for upload_id in self._unseen(candidates, seen):
-            self._attempt(upload_id, report, "gone", lambda i: self._bury(i, now, still_due))
+            self._attempt(
+                upload_id, report, "gone", lambda i: self._bury(i, now, still_due, "gone")
+            )
 
     def _purge_tombstones(self, now: datetime, report: Report, seen: set[str]) -> None:
         cutoff = now - self.retention.tombstone_ttl
@@ -329,10 +352,31 @@ class Cleaner:
                 if upload_id in stray_locks:
                     report.orphan_locks.append(upload_id)
 
+    def _trim_events(self, now: datetime, report: Report) -> None:
+        """Delete webhook events delivered, or failed for good, before the retention
+        cutoff (a failed one's ``due_at`` is its last attempt). Pending events stay
+        whatever their age: they are still owed to the receiver."""
+        cutoff = now - self.retention.events
+        done = or_(
+            (Event.state == EventState.DELIVERED) & (Event.delivered_at <= cutoff),
+            (Event.state == EventState.FAILED) & (Event.due_at <= cutoff),
+        )
+        with self.sessions.begin() as session:
+            if self.dry_run:
+                count = session.scalar(select(func.count()).select_from(Event).where(done))
+                report.events_trimmed = int(count or 0)
+                return
+            result = session.execute(delete(Event).where(done))
+            report.events_trimmed = int(cast("CursorResult[Any]", result).rowcount or 0)
+
     # -- helpers ----------------------------------------------------------------------
 
     def _bury(
-        self, upload_id: str, now: datetime, still_due: Callable[[Upload | None], bool]
+        self,
+        upload_id: str,
+        now: datetime,
+        still_due: Callable[[Upload | None], bool],
+        reason: str,
     ) -> bool:
         """Turn a live row into an EXPIRED tombstone, then drop its data (lock held)."""
         with self.sessions.begin() as session:
@@ -346,6 +390,7 @@ class Cleaner:
             row.expires_at = None
             row.updated_at = now
             keep = partial_in_use(session, upload_id)
+            self.outbox.record(session, "post-expire", UploadInfo.of(row), now, reason=reason)
         if keep:
             # An expired partial named by a live (so unfinished) final: that final can
             # never complete now, but its bytes stay until no live final names them.

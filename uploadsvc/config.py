@@ -10,7 +10,7 @@ import importlib.util
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,12 @@ DEFAULT_TOMBSTONE_TTL = 7 * 24 * 60 * 60
 # service.create writes the data file before it inserts the row, and the insert may wait
 # for SQLite's writer: a young file without a row is normal. An hour is far beyond that.
 DEFAULT_ORPHAN_GRACE = 60 * 60
+# Webhook events delivered (or failed for good) are kept this long for `flask webhooks
+# list` and `replay`, then `flask cleanup` deletes them.
+DEFAULT_EVENT_RETENTION = 7 * 24 * 60 * 60
+# The shortest UPLOADSVC_WEBHOOK_SECRET: one signed request lets anyone who sees it try
+# secrets offline, so a short one is a guessable one.
+MIN_WEBHOOK_SECRET = 16
 # S3 store (UPLOADSVC_STORE=s3://...): a PATCH body goes to the bucket in parts of this
 # size, and an active PATCH holds about one part in memory. S3 wants every part but the
 # last to be at least 5 MiB and allows at most 10,000 parts per object, so the part size
@@ -81,6 +87,7 @@ UPPER_BOUNDS: dict[str, float] = {
     "TOMBSTONE_TTL": CENTURY,
     "ORPHAN_GRACE": CENTURY,
     "KEEP_COMPLETED": CENTURY,
+    "EVENT_RETENTION": CENTURY,
     "LOCK_TIMEOUT": 60 * 60,
     "READ_TIMEOUT": 24 * 60 * 60,
     "PROXY_HOPS": MAX_PROXY_HOPS,
@@ -119,6 +126,11 @@ class Settings:
     # Operator hooks ("package.module:object") and a webhook URL for post-events.
     hooks: str | None = None
     webhook_url: str | None = None
+    # The HMAC key signing webhook requests (delivery.py); None: sent unsigned. Never in
+    # a repr: settings may be logged.
+    webhook_secret: str | None = field(default=None, repr=False)
+    # Seconds webhook events are kept once delivered or failed (flask cleanup).
+    event_retention: int = DEFAULT_EVENT_RETENTION
     # One JSON object per log line instead of text.
     log_json: bool = False
     # Cleanup (``flask cleanup``): seconds a tombstone answers 410 before its row goes,
@@ -197,6 +209,8 @@ class Settings:
             proxy_hops=_non_negative_int(values, "PROXY_HOPS", 0),
             hooks=_import_path(values, "HOOKS"),
             webhook_url=_http_url(values, "WEBHOOK_URL"),
+            webhook_secret=_secret(values, "WEBHOOK_SECRET"),
+            event_retention=_positive_int(values, "EVENT_RETENTION", DEFAULT_EVENT_RETENTION),
             log_json=_boolean(values, "LOG_JSON", False),
             tombstone_ttl=_positive_int(values, "TOMBSTONE_TTL", DEFAULT_TOMBSTONE_TTL),
             orphan_grace=_positive_int(values, "ORPHAN_GRACE", DEFAULT_ORPHAN_GRACE),
@@ -366,6 +380,20 @@ def _http_url(values: Mapping[str, Any], name: str) -> str | None:
     text = str(value).strip()
     if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
         raise ConfigError(f"{PREFIX}{name}: {text!r} is not an http(s) URL")
+    return text
+
+
+def _secret(values: Mapping[str, Any], name: str) -> str | None:
+    """A signing key: at least MIN_WEBHOOK_SECRET characters, never shown in messages."""
+    value = _raw(values, name)
+    if value is None:
+        return None
+    text = str(value).strip()
+    if len(text) < MIN_WEBHOOK_SECRET:
+        raise ConfigError(
+            f"{PREFIX}{name}: must be at least {MIN_WEBHOOK_SECRET} characters"
+            " (e.g. `openssl rand -hex 32`)"
+        )
     return text
 
 

@@ -17,39 +17,38 @@ is instantiated) with any of these methods; a missing method is a no-op.
         Runs in the request that completes an upload; the headers it returns are added
         to that response.
     post_create(upload), post_finish(upload), post_terminate(upload)
-        Run after the fact, in a background thread: they never delay a response.
+        Run after the fact, in a background thread of the process that made the
+        change: they never delay a response. At most once: queued in memory, they are
+        lost with the process (a SIGKILL).
 
-``UPLOADSVC_WEBHOOK_URL`` posts the post-events as JSON (timeout, retries) for
-operators who don't write Python. A hook that raises never corrupts an upload: a
-pre-create failure refuses the creation, and pre-finish and post-event failures are
-logged while the upload stays as it is.
+``UPLOADSVC_WEBHOOK_URL`` is not served from here: webhook events go through the
+outbox (outbox.py: written with the change, so none is lost) and its dispatcher
+(delivery.py: signed, retried, at least once). A hook that raises never corrupts an
+upload: a pre-create failure refuses the creation, and pre-finish and post-event
+failures are logged while the upload stays as it is.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import logging
 import queue
 import re
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import ConfigError
 from .errors import HookFailed, Rejected, TusError
-from .records import UploadInfo, upload_json
+from .records import UploadInfo
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_TIMEOUT = 5.0
-WEBHOOK_RETRIES = 3  # attempts after the first, 1 s, 2 s, 4 s apart
 # Post-events waiting for the background thread; past this they are dropped (logged)
-# rather than letting a dead webhook grow memory without bound.
+# rather than letting a stuck hook grow memory without bound.
 MAX_PENDING_EVENTS = 10_000
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 
@@ -100,11 +99,11 @@ def load_hooks(spec: str) -> object:
 
 @dataclass
 class Hooks:
-    """Runs the operator's hooks and webhook; a no-op when neither is configured."""
+    """Runs the operator's Python hooks; a no-op when none is configured."""
 
     target: object | None = None
-    webhook_url: str | None = None
-    # In-process observers of every event (metrics); they must be quick and not raise.
+    # In-process observers of every event (metrics, the webhook dispatcher's wake-up);
+    # they must be quick and not raise.
     listeners: list[Callable[[str, UploadInfo], None]] = field(default_factory=list)
     _queue: queue.Queue[Callable[[], None]] = field(
         default_factory=lambda: queue.Queue(MAX_PENDING_EVENTS)
@@ -183,27 +182,21 @@ class Hooks:
             return {}
 
     def emit(self, event: str, upload: UploadInfo) -> None:
-        """Tell listeners (metrics) at once, and queue the post-event for the hook and
-        the webhook; never blocks."""
+        """Tell listeners (metrics) at once, and queue the post-event for the hook;
+        never blocks. Called after the change (and its outbox event) committed."""
         for listener in self.listeners:
             listener(event, upload)
         hook = self._method(event.replace("-", "_"))
-        if hook is None and not self.webhook_url:
+        if hook is None:
             return
 
         def deliver() -> None:
-            if hook is not None:
-                try:
-                    hook(upload)
-                except Exception:
-                    log.exception("%s hook failed for upload %s", event, upload.id)
-            if self.webhook_url:
-                try:
-                    self._post(event, upload)
-                except Exception:
-                    # Never let one event end the thread: the queue behind it would
-                    # wait for nobody.
-                    log.exception("webhook %s for upload %s failed", event, upload.id)
+            try:
+                hook(upload)
+            except Exception:
+                # Never let one event end the thread: the queue behind it would wait
+                # for nobody.
+                log.exception("%s hook failed for upload %s", event, upload.id)
 
         try:
             self._queue.put_nowait(deliver)
@@ -230,52 +223,6 @@ class Hooks:
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.01)
-
-    def _post(self, event: str, upload: UploadInfo) -> None:
-        assert self.webhook_url is not None
-        payload = json.dumps({"event": event, "upload": upload_json(upload)}).encode()
-        for attempt in range(WEBHOOK_RETRIES + 1):
-            request = urllib.request.Request(
-                self.webhook_url,
-                data=payload,
-                headers={"Content-Type": "application/json", "User-Agent": "uploadsvc"},
-                method="POST",
-            )
-            try:
-                with _OPENER.open(request, timeout=WEBHOOK_TIMEOUT) as response:
-                    if 200 <= response.status < 300:
-                        return
-                    log.warning(
-                        "webhook %s for %s: attempt %d answered %d",
-                        event,
-                        upload.id,
-                        attempt + 1,
-                        response.status,
-                    )
-            except OSError as error:  # URLError, HTTPError and timeouts are OSErrors
-                log.warning(
-                    "webhook %s for %s: attempt %d failed: %s", event, upload.id, attempt + 1, error
-                )
-            if attempt < WEBHOOK_RETRIES:
-                time.sleep(2**attempt)
-        log.error(
-            "webhook %s for upload %s failed after %d attempts",
-            event,
-            upload.id,
-            WEBHOOK_RETRIES + 1,
-        )
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A 3xx is not a delivery, and is not followed: urllib would resend the event as a
-    GET, to wherever the receiver points. Refused here, it surfaces as an ``HTTPError``:
-    a failed attempt, retried and then logged."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def _takes_two_arguments(hook: Callable[..., Any]) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http import HTTPStatus
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -19,7 +20,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import Upload, UploadState
+from .models import Event, EventState, Upload, UploadState
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Upload requests last from milliseconds (HEAD) to many minutes (a big PATCH).
@@ -58,9 +59,30 @@ class UploadStates(Collector):
             counts = dict(
                 session.execute(select(Upload.state, func.count()).group_by(Upload.state)).all()
             )
+            # The webhook backlog (outbox.py), from the same read.
+            events = dict(
+                session.execute(select(Event.state, func.count()).group_by(Event.state)).all()
+            )
+            oldest = session.scalar(
+                select(func.min(Event.created_at)).where(Event.state == EventState.PENDING)
+            )
         for state in UploadState:
             gauge.add_metric([state.value], counts.get(state, 0))
         yield gauge
+        backlog = GaugeMetricFamily(
+            "uploadsvc_webhook_events",
+            "Webhook events in the outbox, by state (pending: owed to the receiver).",
+            labels=["state"],
+        )
+        for event_state in EventState:
+            backlog.add_metric([event_state.value], events.get(event_state, 0))
+        yield backlog
+        age = 0.0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds()
+        yield GaugeMetricFamily(
+            "uploadsvc_webhook_oldest_pending_seconds",
+            "Age of the oldest webhook event not delivered yet (0: none pending).",
+            value=max(0.0, age),
+        )
 
 
 class Metrics:

@@ -123,3 +123,52 @@ class UploadPart(Base):
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     # No foreign key: a final keeps naming its parts after a partial's row is purged.
     partial_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
+
+
+class EventState(enum.StrEnum):
+    """Where an outbox event is in its delivery (outbox.py, delivery.py)."""
+
+    PENDING = "pending"  # to be delivered when ``due_at`` comes
+    DELIVERED = "delivered"  # a receiver answered 2xx
+    FAILED = "failed"  # every attempt failed; ``flask webhooks replay`` sends it again
+
+
+class Event(Base):
+    """An event of the outbox: written in the same transaction as the change it
+    describes, so it exists exactly when the change does, then delivered by a
+    dispatcher (delivery.py) that claims it with a lease."""
+
+    __tablename__ = "events"
+    # The dispatcher's question: pending events due now, oldest first.
+    __table_args__ = (
+        Index("ix_events_due", "state", "due_at"),
+        Index("ix_events_id", "id", unique=True),
+        # One upload's events go out in order: each waits for the earlier ones.
+        Index("ix_events_upload", "upload_id", "seq"),
+    )
+
+    # Order of recording (a sequence; the public id is random, see ``id``).
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    # X-Uploadsvc-Event-Id: random, so it stays unique across registries (a receiver
+    # that drops duplicates by id never drops a new event of a rebuilt registry).
+    id: Mapped[str] = mapped_column(String(36))
+    event: Mapped[str] = mapped_column(String(32))
+    upload_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    # The request body, frozen when the change happened: retries send the same bytes.
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[EventState] = mapped_column(
+        Enum(EventState, native_enum=False, length=16, validate_strings=True),
+        default=EventState.PENDING,
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When the next attempt is due (pending), or when the last one ended (otherwise).
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A dispatcher's claim: nobody else attempts it before then.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(200))

@@ -17,9 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .clientslots import ClientSlots
 from .config import Settings
+from .delivery import Dispatcher
 from .hooks import Hooks
 from .locking import Locker
 from .metrics import Metrics
+from .outbox import Outbox
 from .service import UploadService
 from .storage import UploadStore
 from .transfers import TransferMonitor
@@ -43,6 +45,10 @@ class Parts:
     client_slots: ClientSlots
     # What close_app releases (engine, lock connections, S3 client), in order.
     closers: list[Callable[[], None]]
+    # Webhook events: where they are recorded, and who delivers them (None: no
+    # webhook URL; the dispatcher runs only where started, see gunicorn.conf.py).
+    outbox: Outbox
+    dispatcher: Dispatcher | None
 
 
 def parts(app: Flask | None = None) -> Parts:

@@ -42,6 +42,7 @@ from .errors import (
 from .hooks import HookRequest, Hooks
 from .locking import Locker
 from .models import Concat, Upload, UploadPart, UploadState, is_expired
+from .outbox import Outbox
 from .records import Limits, UploadInfo
 from .storage import NotDurable, UploadStore
 from .storage.chained import chained
@@ -144,6 +145,7 @@ class UploadService:
         new_id: Callable[[], str] = new_upload_id,
         hooks: Hooks | None = None,
         readers: sessionmaker[Session] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.sessions = sessions
         # Read-only transactions (db.make_readers); the writers' sessions by default.
@@ -154,6 +156,8 @@ class UploadService:
         self.clock = clock
         self.new_id = new_id
         self.hooks = hooks or Hooks()
+        # Webhook events, written in the transaction of the change (outbox.py).
+        self.outbox = outbox or Outbox()
 
     # -- creation ---------------------------------------------------------------------
 
@@ -232,7 +236,8 @@ class UploadService:
                 # Another holder finished it meanwhile (a lost lock), or it is gone.
                 log.warning("upload %s: finished elsewhere meanwhile", info.id)
                 return replace(info, finished_at=now)
-        info = replace(info, finished_at=now, finished_now=True)
+            info = replace(info, finished_at=now, finished_now=True)
+            self.outbox.record(session, "post-finish", info, now)
         log.info("upload %s finished", info.id)
         self.hooks.emit("post-finish", info)
         return info
@@ -326,11 +331,13 @@ class UploadService:
                     UploadPart(final_id=row.id, position=position, partial_id=partial_id)
                     for position, partial_id in enumerate(partial_ids)
                 )
+                created = UploadInfo.of(row, tuple(partial_ids))
+                self.outbox.record(session, "post-create", created, created.created_at)
         except BaseException:
             self.store.delete(row.id)
             raise
         log.info("final upload %s created from %d partials", row.id, len(partial_ids))
-        self.hooks.emit("post-create", UploadInfo.of(row, tuple(partial_ids)))
+        self.hooks.emit("post-create", created)
         with self._hold(row.id):
             return self._assemble(row.id)
 
@@ -378,6 +385,7 @@ class UploadService:
                 session.add(row)
                 session.flush()  # the upload row before its parts (foreign key)
                 session.add_all(parts)
+                self.outbox.record(session, "post-create", UploadInfo.of(row), row.created_at)
         except BaseException:
             self.store.delete(upload_id)
             raise
@@ -643,6 +651,7 @@ class UploadService:
                 # URL answers 410 all the same); cleanup removes them once unnamed.
                 keep = row.concat is Concat.PARTIAL and partial_in_use(session, upload_id)
                 info = UploadInfo.of(row)
+                self.outbox.record(session, "post-terminate", info, row.updated_at)
             if not keep:
                 # Lost, it is left to cleanup's orphan sweep: the row says it is dead.
                 self._fence(upload_id)
