@@ -65,6 +65,7 @@ def cleanup_command(dry_run: bool, as_json: bool) -> None:
         resume_finish=app_parts.service.resume_finish,
         retention=Retention.from_settings(app_parts.settings),
         dry_run=dry_run,
+        quota=app_parts.service.quota,
     )
     report = cleaner.run()
     if as_json:

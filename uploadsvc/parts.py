@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .clientslots import ClientSlots
 from .config import Settings
+from .grants import GrantStore
 from .hooks import Hooks
 from .locking import Locker
 from .metrics import Metrics
@@ -43,6 +44,7 @@ class Parts:
     client_slots: ClientSlots
     # What close_app releases (engine, lock connections, S3 client), in order.
     closers: list[Callable[[], None]]
+    grants: GrantStore  # upload links (flask grant; the guard holds it too)
 
 
 def parts(app: Flask | None = None) -> Parts:

@@ -45,6 +45,8 @@ class UploadInfo:
     finish_headers: dict[str, str] = field(default_factory=dict)
     # This request ran the finish sequence (and won its compare-and-set).
     finished_now: bool = False
+    # The grant (upload link) that created it; None without one (grants.py).
+    grant_id: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -64,6 +66,7 @@ class UploadInfo:
             finished_at=row.finished_at,
             concat=row.concat,
             parts=parts,
+            grant_id=row.grant_id,
         )
 
 
