@@ -189,7 +189,7 @@ class GrantStore:
                     Grant.of(row),
                     Usage(usage.used_bytes, usage.used_files) if usage else Usage(0, 0),
                 )
-                for row, usage in session.execute(query).tuples()
+                for row, usage in session.execute(query)
             ]
 
     def revoke(self, grant_id: str) -> Grant | None:

@@ -28,6 +28,7 @@ expired) or, for a partial whose bytes a live final still reads, when those go.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
@@ -102,13 +103,12 @@ class Quota:
                 try:
                     allowed = self._reserve(upload_id, max(end, allowed + STEP))
                 except QuotaExceeded:
-                    try:
-                        allowed = self._reserve(upload_id, end)
-                    except QuotaExceeded:
+                    allowed, refusal = self._reserve_what_fits(upload_id, end)
+                    if refusal is not None:
                         fits = max(0, allowed - position)
                         if fits:
                             yield chunk[:fits]
-                        raise
+                        raise refusal from None
             position = end
             yield chunk
 
@@ -121,6 +121,34 @@ class Quota:
                 return target  # gone meanwhile: the write's record says so
             self._hold_bytes(session, row, target, grow_only=True)
             return row.quota_bytes
+
+    def _reserve_what_fits(self, upload_id: str, target: int) -> tuple[int, QuotaExceeded | None]:
+        """Up to ``target``, as much as the quota has room for: what the upload holds
+        then, and the refusal when that is short of ``target``."""
+        try:
+            return self._reserve(upload_id, target), None
+        except QuotaExceeded as refusal:
+            with self.sessions.begin() as session:
+                row = session.get(Upload, upload_id)
+                if row is None:
+                    return target, None
+                room = self._room(session, row.grant_id or OPEN_SCOPE)
+                # (Taken meanwhile by another upload of the scope: then none of it.)
+                if room > 0:
+                    with contextlib.suppress(QuotaExceeded):
+                        self._hold_bytes(session, row, row.quota_bytes + room, grow_only=True)
+                return row.quota_bytes, refusal
+
+    def _room(self, session: Session, scope: str) -> int:
+        usage = session.get(QuotaUsage, scope)
+        if scope == OPEN_SCOPE:
+            limit = self.open_bytes
+        else:
+            grant = session.get(Grant, scope)
+            limit = grant.max_bytes if grant is not None else 0
+        if usage is None or limit is None:
+            return 0
+        return max(0, limit - usage.used_bytes)
 
     def _hold_bytes(
         self, session: Session, row: Upload, target: int, grow_only: bool = False
