@@ -80,6 +80,7 @@ BOTH_DATABASES = frozenset(
         "live/test_resume.py",
         "live/test_takeover.py",
         "live/test_concurrency.py",
+        "live/test_quota_race.py",
     }
 )
 TESTS_DIR = Path(__file__).resolve().parent
