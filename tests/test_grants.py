@@ -406,3 +406,52 @@ def test_open_mode_ignores_tokens_as_today(
             assert client.head(url, headers=TUS).status_code == 200
     finally:
         close_app(app)
+
+
+def test_a_terminated_partial_a_final_reads_holds_its_bytes_until_they_go(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Deleting a partial whose bytes a live final reads frees nothing (they stay on
+    disk): else naming, deleting and naming again would pass any quota."""
+    made, alice = grant(app, max_bytes=100)
+    piece = url_of(create(client, 60, alice, **{"Upload-Concat": "partial"}))
+    patch(client, piece, b"p" * 60, **alice)
+    status, whole = final(client, piece, **alice)
+    assert status == 201
+    assert client.delete(piece, headers={**TUS, **alice}).status_code == 204
+    assert usage(app, made.id) == (60, 1)
+    assert create(client, 50, alice).status_code == 413
+    # The final goes: its file now, the partial's bytes when cleanup removes them.
+    assert client.delete(whole, headers={**TUS, **alice}).status_code == 204
+    assert usage(app, made.id) == (60, 0)
+    for _ in range(2):
+        assert app.test_cli_runner().invoke(args=["cleanup"]).exit_code == 0
+    assert usage(app, made.id) == (0, 0)
+
+
+def test_python_hooks_run_after_the_built_in_check(
+    data_dir: Path, clock: Clock, database_url: str | None
+) -> None:
+    from tests.hookmods import grantaware
+
+    grantaware.CALLS.clear()
+    app = make_app(
+        data_dir,
+        clock,
+        database_url,
+        AUTH="grants",
+        HOOKS="tests.hookmods.grantaware:GrantAwareHooks",
+    )
+    try:
+        with app.test_client() as client:
+            _, fine = grant(app, label="fine")
+            _, blocked = grant(app, label="blocked")
+            assert create(client, 1, {}).status_code == 401
+            assert grantaware.CALLS == []  # the guard refused first
+            assert create(client, 1, fine).status_code == 201
+            refused = create(client, 1, blocked)
+            assert refused.status_code == 403
+            assert "operator's hook" in refused.text
+            assert grantaware.CALLS == [("POST", "fine"), ("POST", "blocked")]
+    finally:
+        close_app(app)
