@@ -117,7 +117,8 @@ def list_grants(as_json: bool) -> None:
     rows.extend(_row(grant, usage, grant.problem(now) or "live") for grant, usage in grants)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + row[-1])
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]))
 
 
 @grant_cli.command("revoke")

@@ -89,4 +89,6 @@ def upload_json(upload: UploadInfo) -> dict[str, Any]:
         "concat": upload.concat.value if upload.concat else None,
         "created_at": upload.created_at.isoformat(),
         "completed_at": upload.completed_at.isoformat() if upload.completed_at else None,
+        # The upload link it came from (flask grant list), None without one.
+        "grant_id": upload.grant_id,
     }
