@@ -20,11 +20,13 @@ from tests.conftest import TUS, Clock, database_settings
 from tests.test_concat import downloaded, final
 from tests.test_views import patch
 from uploadsvc import close_app, create_app
+from uploadsvc.config import ConfigError, Settings
 from uploadsvc.grants import Grant, allowed_types, hash_token
 from uploadsvc.hooks import HookRequest
 from uploadsvc.models import OPEN_SCOPE, QuotaUsage, Upload
 from uploadsvc.parts import parts
 from uploadsvc.quota import QuotaExceeded
+from uploadsvc.upload import cli as upload_cli
 
 ADMIN = "admin-token-0123456789abcdef"
 
@@ -455,3 +457,41 @@ def test_python_hooks_run_after_the_built_in_check(
             assert grantaware.CALLS == [("POST", "fine"), ("POST", "blocked")]
     finally:
         close_app(app)
+
+
+# -- settings and the uploader ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AUTH", "closed"),
+        ("ADMIN_TOKEN", "short"),
+        ("ADMIN_TOKEN", "has spaces in it, sixteen+"),
+        ("QUOTA_BYTES", "-1"),
+        ("QUOTA_FILES", "many"),
+    ],
+)
+def test_bad_access_settings_stop_the_start(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_mapping({"DATA_DIR": str(tmp_path), name: value})
+    assert f"UPLOADSVC_{name}" in str(refused.value)
+    if name == "ADMIN_TOKEN":
+        assert value not in str(refused.value)  # a secret is never shown
+
+
+def test_access_settings_defaults(tmp_path: Path) -> None:
+    settings = Settings.from_mapping({"DATA_DIR": str(tmp_path)})
+    assert (settings.auth, settings.admin_token) == ("open", None)
+    assert (settings.quota_bytes, settings.quota_files) == (None, None)
+
+
+def test_the_uploader_sends_its_token_as_a_bearer(monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoint = ["--endpoint", "http://127.0.0.1:8080/files/"]
+    args = upload_cli.parse_args(["f.bin", *endpoint, "--token", "ug_abc"])
+    assert ("Authorization", "Bearer ug_abc") in args.header
+    monkeypatch.setenv("UPLOADSVC_TOKEN", "ug_env")
+    args = upload_cli.parse_args(["f.bin", *endpoint])
+    assert ("Authorization", "Bearer ug_env") in args.header
+    with pytest.raises(SystemExit):
+        upload_cli.parse_args(["f.bin", *endpoint, "-H", "Authorization: Basic eA=="])
