@@ -8,6 +8,8 @@ is instantiated) with any of these methods; a missing method is a no-op.
         the id. ``request`` is None outside HTTP.
     authorize(request, upload) -> None
         Runs before every HEAD, PATCH, DELETE, GET and POST; raise ``Rejected`` to refuse.
+        With ``UPLOADSVC_AUTH=grants`` the built-in check (``Hooks.access``, access.py)
+        runs first, and ``request.grant`` (or ``request.admin``) says who it found.
         ``upload`` is the upload the request is about (``UploadInfo``, metadata and
         state included; tombstones too), or None for a creation. A final upload's
         creation also asks it once per partial it names, as a GET of that partial.
