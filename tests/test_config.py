@@ -223,6 +223,10 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "MIN_RATE_WINDOW": frozenset(),
     "MIN_RATE_GRACE": frozenset({"0"}),
     "MAX_UPLOADS_PER_CLIENT": frozenset({"0"}),  # off
+    "AUTH": frozenset(),
+    "ADMIN_TOKEN": frozenset({"9" * 40}),  # 16 visible characters or more
+    "QUOTA_BYTES": frozenset({"1000000000000"}),
+    "QUOTA_FILES": frozenset({"1000000000000"}),
 }
 SERVER_SETTINGS = frozenset({"WORKERS", "THREADS", "BIND"})
 

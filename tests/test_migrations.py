@@ -253,7 +253,7 @@ def _indexes(engine: Engine) -> set[str]:
     return {str(index["name"]) for index in inspect(engine).get_indexes("uploads")}
 
 
-BEFORE_EVENTS = "0005"  # the revision 0008 follows (the lead re-chains it at merge)
+BEFORE_EVENTS = "0006"  # the revision 0008 follows
 
 
 def test_events_outbox_on_a_database_with_data(engine: Engine) -> None:
@@ -305,3 +305,60 @@ def test_events_outbox_on_a_database_with_data(engine: Engine) -> None:
         assert connection.execute(text("SELECT count(*) FROM uploads")).scalar() == 2
     command.upgrade(config, "head")
     assert "events" in inspect(engine).get_table_names()
+
+
+def test_grants_migration_counts_what_is_there_and_keeps_it(engine: Engine) -> None:
+    """0006 on a registry with uploads: they belong to no grant, and the live ones are
+    counted into the shared quota as the quota counts them (length or offset, one file;
+    a partial no file, a final no bytes); tombstones hold nothing. Down and up again
+    keeps the rows."""
+    config = db.alembic_config(engine)
+    command.upgrade(config, "0005")
+    rows = [
+        # id, state, length, offset, concat
+        ("a" * 32, "ACTIVE", 100, 10, None),
+        ("b" * 32, "ACTIVE", None, 7, None),  # deferred: what it has
+        ("c" * 32, "COMPLETED", 50, 50, None),
+        ("d" * 32, "TERMINATED", 1000, 3, None),  # a tombstone holds nothing
+        ("e" * 32, "COMPLETED", 20, 20, "PARTIAL"),
+        ("f" * 32, "COMPLETED", 20, 20, "FINAL"),
+    ]
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                'INSERT INTO uploads (id, state, length, "offset", upload_metadata, verifying,'
+                " created_at, updated_at, concat) VALUES (:id, :state, :length, :offset, '',"
+                " FALSE, '2026-01-01 12:00:00.000000', '2026-01-01 12:00:00.000000', :concat)"
+            ),
+            [
+                {"id": i, "state": s, "length": n, "offset": o, "concat": c}
+                for i, s, n, o, c in rows
+            ],
+        )
+    command.upgrade(config, "head")
+    for _ in range(2):  # and again after a downgrade
+        with engine.connect() as connection:
+            held = dict(
+                (r[0], (r[1], r[2], r[3]))
+                for r in connection.execute(
+                    text("SELECT id, grant_id, quota_bytes, quota_files FROM uploads")
+                )
+            )
+            usage = connection.execute(
+                text("SELECT scope, used_bytes, used_files FROM quota_usage")
+            ).all()
+        assert held == {
+            "a" * 32: (None, 100, 1),
+            "b" * 32: (None, 7, 1),
+            "c" * 32: (None, 50, 1),
+            "d" * 32: (None, 0, 0),
+            "e" * 32: (None, 20, 0),
+            "f" * 32: (None, 0, 1),
+        }
+        assert [tuple(r) for r in usage] == [("*", 177, 4)]
+        command.downgrade(config, "0005")
+        assert "grants" not in inspect(engine).get_table_names()
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM uploads")).scalar() == 6
+        command.upgrade(config, "head")
+    assert "ix_uploads_grant_id" in _indexes(engine)

@@ -16,11 +16,13 @@ from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cli, db, ops
+from . import cli, db, grant_commands, ops
+from .access import GrantGuard
 from .clientslots import ClientSlots
 from .config import PREFIX, ConfigError, Settings
 from .connection import AnnouncedCloses
 from .delivery import Dispatcher
+from .grants import GrantStore
 from .hooks import Hooks, load_hooks
 from .locking import Locker
 from .locking.filelock import FileLocker
@@ -28,6 +30,7 @@ from .metrics import Metrics
 from .outbox import Outbox
 from .overrides import MethodOverride
 from .parts import EXTENSION, Parts, parts
+from .quota import Quota
 from .records import Limits
 from .service import UploadService, utcnow
 from .storage import StoreUnavailable, UploadStore
@@ -74,6 +77,10 @@ def create_app(
     )
     locker = _locker(settings, metrics.lock_waited, closers)
     store = _store(settings, closers)
+    grants = GrantStore(sessions, readers, clock)
+    if settings.auth == "grants":
+        # Every way in that asks authorize asks the guard first (access.py).
+        hooks.access = GrantGuard(grants, admin_token=settings.admin_token, clock=clock)
     service = UploadService(
         sessions,
         store,
@@ -87,6 +94,7 @@ def create_app(
         hooks=hooks,
         readers=readers,
         outbox=outbox,
+        quota=Quota(sessions, open_bytes=settings.quota_bytes, open_files=settings.quota_files),
     )
     transfers = TransferMonitor(
         locker,
@@ -112,6 +120,7 @@ def create_app(
         closers=closers,
         outbox=outbox,
         dispatcher=dispatcher,
+        grants=grants,
     )
 
     from . import views, web
@@ -120,6 +129,7 @@ def create_app(
     web.init_app(app)
     ops.init_app(app)
     cli.init_app(app)
+    app.cli.add_command(grant_commands.grant_cli)
     app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
     if settings.proxy_hops:
         # Trust X-Forwarded-* only from as many proxies as the operator says are there.

@@ -53,6 +53,7 @@ from .locking import CLEANUP_RUN_LOCK, Locker
 from .models import Event, EventState, Upload, UploadPart, UploadState
 from .outbox import Outbox
 from .protocol import is_upload_id
+from .quota import Quota
 from .records import UploadInfo
 from .service import named_by_live_finals, partial_in_use
 from .storage import UploadStore
@@ -166,6 +167,7 @@ class Cleaner:
         retention: Retention,
         dry_run: bool = False,
         outbox: Outbox | None = None,
+        quota: Quota | None = None,
     ):
         self.sessions = sessions
         self.store = store
@@ -177,6 +179,8 @@ class Cleaner:
         self.dry_run = dry_run
         # Where an expiry's post-expire webhook event is recorded (outbox.py).
         self.outbox = outbox or Outbox()
+        # Frees what an upload held of its quota when it becomes a tombstone (quota.py).
+        self.quota = quota
 
     def run(self) -> Report:
         report = Report(dry_run=self.dry_run)
@@ -302,6 +306,7 @@ class Cleaner:
                 ):
                     self._forget_if_dead(upload_id, row)
                     return False
+                self._release(session, row)  # a kept partial's, freed when its bytes go
                 session.delete(row)
             # Leftovers of a crash between a tombstone's commit and its data's removal.
             self._drop_data(upload_id)
@@ -338,6 +343,8 @@ class Cleaner:
                 row = session.get(Upload, upload_id)
                 if (row is not None and row.state in LIVE) or partial_in_use(session, upload_id):
                     return False
+                if row is not None:
+                    self._release(session, row)  # a tombstoned partial no final reads now
             if upload_id in stray_files:
                 self.store.delete(upload_id)
             # Always: taking the lock just now made a lock file if there was none.
@@ -391,6 +398,8 @@ class Cleaner:
             row.updated_at = now
             keep = partial_in_use(session, upload_id)
             self.outbox.record(session, "post-expire", UploadInfo.of(row), now, reason=reason)
+            if not keep:
+                self._release(session, row)
         if keep:
             # An expired partial named by a live (so unfinished) final: that final can
             # never complete now, but its bytes stay until no live final names them.
@@ -398,6 +407,10 @@ class Cleaner:
         else:
             self._drop_data(upload_id)
         return True
+
+    def _release(self, session: Session, row: Upload) -> None:
+        if self.quota is not None:
+            self.quota.release(session, row)
 
     def _forget_if_dead(self, upload_id: str, row: Upload | None) -> None:
         # Another cleanup removed the lock file before we took the lock, so taking it

@@ -73,6 +73,7 @@ def cleanup_command(dry_run: bool, as_json: bool) -> None:
         retention=Retention.from_settings(app_parts.settings),
         dry_run=dry_run,
         outbox=app_parts.outbox,
+        quota=app_parts.service.quota,
     )
     report = cleaner.run()
     if as_json:

@@ -72,6 +72,12 @@ POSTGRES_SCHEMES = ("postgresql+psycopg", "postgresql")
 # UPLOADSVC_LOCKER values: lock files (one host, or a shared volume with flock) or
 # PostgreSQL advisory locks (several hosts).
 LOCKERS = ("file", "postgres")
+# UPLOADSVC_AUTH values (README "Access and limits"): anyone may upload (a trusted
+# network; hooks may still refuse), or every tus request needs a grant's token or the
+# admin token.
+AUTH_MODES = ("open", "grants")
+# UPLOADSVC_ADMIN_TOKEN: a bearer that passes every check, so it must not be guessable.
+MIN_ADMIN_TOKEN = 16
 
 # Upper bounds, so that no value starts a server that fails later. Durations are added
 # to and taken from today's date (expiry, cleanup cut-offs): a century keeps that well
@@ -149,6 +155,12 @@ class Settings:
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
     s3_part_size: int = DEFAULT_S3_PART_SIZE
+    # Access and limits (grants.py, access.py, quota.py): who may use the tus endpoints,
+    # the admin's bearer token, and the quota of uploads without a grant (None: none).
+    auth: str = "open"
+    admin_token: str | None = None
+    quota_bytes: int | None = None
+    quota_files: int | None = None
 
     @property
     def postgres(self) -> bool:
@@ -221,6 +233,10 @@ class Settings:
             s3_prefix=s3_prefix,
             s3_endpoint_url=_http_url(values, "S3_ENDPOINT_URL"),
             s3_part_size=s3_part_size,
+            auth=_choice(values, "AUTH", AUTH_MODES, "open"),
+            admin_token=_token(values, "ADMIN_TOKEN"),
+            quota_bytes=_optional_positive_int(values, "QUOTA_BYTES"),
+            quota_files=_optional_positive_int(values, "QUOTA_FILES"),
         )
 
     @classmethod
@@ -413,6 +429,21 @@ def _optional_positive_int(values: Mapping[str, Any], name: str) -> int | None:
     if _raw(values, name) is None:
         return None
     return _positive_int(values, name, 0)
+
+
+def _token(values: Mapping[str, Any], name: str) -> str | None:
+    """A bearer token: at least MIN_ADMIN_TOKEN visible ASCII characters, or None when
+    unset or empty. Never shown in a message."""
+    value = _raw(values, name)
+    if value is None:
+        return None
+    text = str(value)
+    if len(text) < MIN_ADMIN_TOKEN or not re.fullmatch(r"[\x21-\x7e]+", text):
+        raise ConfigError(
+            f"{PREFIX}{name}: must be at least {MIN_ADMIN_TOKEN} visible ASCII characters"
+            " (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return text
 
 
 def _positive_float(values: Mapping[str, Any], name: str, default: float) -> float:

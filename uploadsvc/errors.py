@@ -7,6 +7,7 @@ Everything below the views raises one of these; the views render them in one pla
       UnsupportedVersion 412   InvalidHeader 400       UnsupportedMediaType 415
       UploadNotFound 404       UploadGone 410          OffsetMismatch 409
       UploadTooLarge 413       UploadLocked 423        ChecksumMismatch 460
+      Unauthorized 401 (+ WWW-Authenticate)
       BodyIncomplete 400       InsufficientStorage 507 Forbidden 403
       BodyCut 503 (+ Retry-After)
       TooManyUploads 503 (+ Retry-After)
@@ -82,6 +83,17 @@ class BodyCut(BodyIncomplete):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Unauthorized(TusError):
+    """401: no credential, or one that opens nothing (unknown, revoked, expired).
+    ``challenge`` goes out as ``WWW-Authenticate`` (RFC 6750)."""
+
+    status, reason, message = 401, "Unauthorized", "a token is required"
+
+    def __init__(self, message: str, *, challenge: str) -> None:
+        super().__init__(message)
+        self.challenge = challenge
 
 
 class Forbidden(TusError):

@@ -8,6 +8,8 @@ is instantiated) with any of these methods; a missing method is a no-op.
         the id. ``request`` is None outside HTTP.
     authorize(request, upload) -> None
         Runs before every HEAD, PATCH, DELETE, GET and POST; raise ``Rejected`` to refuse.
+        With ``UPLOADSVC_AUTH=grants`` the built-in check (``Hooks.access``, access.py)
+        runs first, and ``request.grant`` (or ``request.admin``) says who it found.
         ``upload`` is the upload the request is about (``UploadInfo``, metadata and
         state included; tombstones too), or None for a creation. A final upload's
         creation also asks it once per partial it names, as a GET of that partial.
@@ -39,10 +41,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from .config import ConfigError
 from .errors import HookFailed, Rejected, TusError
+from .grants import Grant
 from .records import UploadInfo
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,10 @@ class HookRequest:
     upload_id: str | None
     headers: Mapping[str, str]
     remote_addr: str | None
+    # Who the built-in guard (access.py, UPLOADSVC_AUTH=grants) found asking: the grant
+    # whose token came, or the admin. The upload a creation makes belongs to ``grant``.
+    grant: Grant | None = None
+    admin: bool = False
 
     def read_of(self, upload_id: str, files_path: str) -> HookRequest:
         """This client's request as a GET of ``upload_id`` (an upload under
@@ -82,6 +89,20 @@ class HookRequest:
 class CreateChanges:
     metadata: dict[str, bytes | None] | None = None
     upload_id: str | None = None
+
+
+class Guard(Protocol):
+    """The built-in access check (access.py), run before the operator's ``authorize``
+    wherever it runs: every tus request, each partial a final names, each upload of the
+    page's list."""
+
+    def authenticate(self, request: HookRequest) -> HookRequest:
+        """Who is asking (``grant``/``admin`` filled in); 401 for no one known."""
+        ...
+
+    def authorize(self, request: HookRequest, upload: UploadInfo | None) -> HookRequest:
+        """May they do this to ``upload`` (None: a creation)? 401/403 if not."""
+        ...
 
 
 def load_hooks(spec: str) -> object:
@@ -110,6 +131,8 @@ class Hooks:
     )
     _thread: threading.Thread | None = None
     _guard: threading.Lock = field(default_factory=threading.Lock)
+    # The built-in access check (UPLOADSVC_AUTH=grants), before the operator's hook.
+    access: Guard | None = None
 
     def __post_init__(self) -> None:
         hook = self._method("authorize")
@@ -118,12 +141,17 @@ class Hooks:
 
     @property
     def authorizes(self) -> bool:
-        return self._method("authorize") is not None
+        return self.access is not None or self._method("authorize") is not None
 
     @property
     def authorize_needs_upload(self) -> bool:
-        """The hook decides on the upload: callers look it up before calling."""
-        return self._authorize_takes_upload
+        """The guard or the hook decides on the upload: callers look it up first."""
+        return self.access is not None or self._authorize_takes_upload
+
+    def authenticate(self, request: HookRequest) -> HookRequest:
+        """The built-in guard's "who is asking", before any upload is looked up (401
+        first, so a stranger learns nothing of ids); the request as the guard knows it."""
+        return request if self.access is None else self.access.authenticate(request)
 
     def _method(self, name: str) -> Callable[..., Any] | None:
         method = getattr(self.target, name, None)
@@ -150,6 +178,9 @@ class Hooks:
         return changes
 
     def authorize(self, request: HookRequest, upload: UploadInfo | None = None) -> None:
+        if self.access is not None:
+            # The built-in check first; the operator's hook may refuse more.
+            request = self.access.authorize(request, upload)
         hook = self._method("authorize")
         if hook is None:
             return

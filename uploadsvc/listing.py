@@ -33,15 +33,19 @@ def recent_completed(
     *,
     before: tuple[datetime, str] | None = None,
     scan: int = MAX_SCAN,
+    grant_id: str | None = None,
 ) -> Iterator[CompletedUpload]:
     """Completed uploads, newest first (ties: larger id first), at most ``scan`` of
     them; with ``before`` (a row's ``completed_at`` and ``id``, see ``cursor``) only
     those after it in that order. ``readers``: read-only sessions, so a listing never
     waits for (or holds up) a writer. The index ``ix_uploads_listing`` (state,
     completed_at, id) serves the order, so a page costs its own rows, not a sort of
-    the table."""
+    the table. ``grant_id``: only the uploads that grant (upload link) created."""
+    query = recent_completed_query(before, scan)
+    if grant_id is not None:
+        query = query.where(Upload.grant_id == grant_id)
     with readers() as session:
-        rows = [_completed(row) for row in session.scalars(recent_completed_query(before, scan))]
+        rows = [_completed(row) for row in session.scalars(query)]
     yield from rows
 
 

@@ -25,6 +25,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # The longest upload id: a pre-create hook may choose up to 64 characters
 # (protocol.is_upload_id); the server's own are 32.
 ID_LENGTH = 64
+# A grant's public id (grants.py): 12 hex digits; the longest a scope of quota_usage is.
+GRANT_ID_LENGTH = 32
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -94,6 +96,12 @@ class Upload(Base):
     concat: Mapped[Concat | None] = mapped_column(
         Enum(Concat, native_enum=False, length=8, validate_strings=True)
     )
+    # The grant (upload link) that created it, None without one (README "Access and
+    # limits"); and what it holds of a quota (quota.py): bytes and files counted against
+    # its grant's usage row, or the shared one, until it is terminated or expires.
+    grant_id: Mapped[str | None] = mapped_column(String(GRANT_ID_LENGTH), index=True)
+    quota_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    quota_files: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     def expired_at(self, now: datetime) -> bool:
         """Whether this upload is past its expiry at ``now`` (see ``is_expired``)."""
@@ -172,3 +180,37 @@ class Event(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(String(200))
+
+
+class Grant(Base):
+    """An upload link (grants.py): who may upload, how much, until when. Never deleted
+    (a revoked grant stays, so its uploads still name it), hence no foreign keys to it."""
+
+    __tablename__ = "grants"
+
+    id: Mapped[str] = mapped_column(String(GRANT_ID_LENGTH), primary_key=True)
+    label: Mapped[str] = mapped_column(Text, default="")
+    # sha256 of the token, hex: the token itself is never stored.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    max_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    max_files: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Allowed media types, comma-separated ("image/*,application/pdf"); "" allows any.
+    types: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class QuotaUsage(Base):
+    """What a quota scope holds now: one row per grant (its id), and ``OPEN_SCOPE`` for
+    uploads without one. Counted by conditional UPDATEs (quota.py), never read-then-write."""
+
+    __tablename__ = "quota_usage"
+
+    scope: Mapped[str] = mapped_column(String(GRANT_ID_LENGTH), primary_key=True)
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    used_files: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# The usage row of uploads made without a grant (no grant id is this: ids are hex).
+OPEN_SCOPE = "*"

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .clientslots import ClientSlots
 from .config import Settings
 from .delivery import Dispatcher
+from .grants import GrantStore
 from .hooks import Hooks
 from .locking import Locker
 from .metrics import Metrics
@@ -49,6 +50,7 @@ class Parts:
     # webhook URL; the dispatcher runs only where started, see gunicorn.conf.py).
     outbox: Outbox
     dispatcher: Dispatcher | None
+    grants: GrantStore  # upload links (flask grant; the guard holds it too)
 
 
 def parts(app: Flask | None = None) -> Parts:

@@ -45,6 +45,8 @@ class UploadInfo:
     finish_headers: dict[str, str] = field(default_factory=dict)
     # This request ran the finish sequence (and won its compare-and-set).
     finished_now: bool = False
+    # The grant (upload link) that created it; None without one (grants.py).
+    grant_id: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -64,6 +66,7 @@ class UploadInfo:
             finished_at=row.finished_at,
             concat=row.concat,
             parts=parts,
+            grant_id=row.grant_id,
         )
 
 
@@ -86,4 +89,6 @@ def upload_json(upload: UploadInfo) -> dict[str, Any]:
         "concat": upload.concat.value if upload.concat else None,
         "created_at": upload.created_at.isoformat(),
         "completed_at": upload.completed_at.isoformat() if upload.completed_at else None,
+        # The upload link it came from (flask grant list), None without one.
+        "grant_id": upload.grant_id,
     }

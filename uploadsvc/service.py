@@ -43,6 +43,7 @@ from .hooks import HookRequest, Hooks
 from .locking import Locker
 from .models import Concat, Upload, UploadPart, UploadState, is_expired
 from .outbox import Outbox
+from .quota import Quota
 from .records import Limits, UploadInfo
 from .storage import NotDurable, UploadStore
 from .storage.chained import chained
@@ -66,6 +67,11 @@ def new_upload_id() -> str:
 # The states in which a final upload still needs its partials' bytes: a final holds no
 # copy of them (it is read through them), so they stay while it lives.
 LIVE_FINAL_STATES = (UploadState.ACTIVE, UploadState.COMPLETED)
+
+
+def _grant_id(request: HookRequest | None) -> str | None:
+    """The grant a creation belongs to: the caller's (UPLOADSVC_AUTH=grants)."""
+    return request.grant.id if request is not None and request.grant is not None else None
 
 
 def named_by_live_finals() -> Select[str]:
@@ -145,6 +151,7 @@ class UploadService:
         new_id: Callable[[], str] = new_upload_id,
         hooks: Hooks | None = None,
         readers: sessionmaker[Session] | None = None,
+        quota: Quota | None = None,
         outbox: Outbox | None = None,
     ) -> None:
         self.sessions = sessions
@@ -156,6 +163,9 @@ class UploadService:
         self.clock = clock
         self.new_id = new_id
         self.hooks = hooks or Hooks()
+        # Counts what each upload holds of its grant's (or the shared) quota, in the
+        # transactions that change it (quota.py); None counts nothing.
+        self.quota = quota
         # Webhook events, written in the transaction of the change (outbox.py).
         self.outbox = outbox or Outbox()
 
@@ -176,6 +186,7 @@ class UploadService:
         if changes.metadata is not None:
             metadata = changes.metadata
         row = self._new_row(length, metadata, Concat.PARTIAL if partial else None)
+        row.grant_id = _grant_id(request)
         if changes.upload_id is not None:
             row.id = self._chosen_id(changes.upload_id)
         self._register(row)
@@ -310,6 +321,7 @@ class UploadService:
         if changes.metadata is not None:
             metadata = changes.metadata
         row = self._new_row(length, metadata, Concat.FINAL)
+        row.grant_id = _grant_id(request)
         if changes.upload_id is not None:
             row.id = self._chosen_id(changes.upload_id)
         # Holds no bytes (they are the partials'), but a final has data like any upload:
@@ -331,6 +343,8 @@ class UploadService:
                     UploadPart(final_id=row.id, position=position, partial_id=partial_id)
                     for position, partial_id in enumerate(partial_ids)
                 )
+                if self.quota is not None:
+                    self.quota.on_create(session, row)
                 created = UploadInfo.of(row, tuple(partial_ids))
                 self.outbox.record(session, "post-create", created, created.created_at)
         except BaseException:
@@ -385,6 +399,9 @@ class UploadService:
                 session.add(row)
                 session.flush()  # the upload row before its parts (foreign key)
                 session.add_all(parts)
+                if self.quota is not None:
+                    # In the insert's transaction: over quota, nothing is registered.
+                    self.quota.on_create(session, row)
                 self.outbox.record(session, "post-create", UploadInfo.of(row), row.created_at)
         except BaseException:
             self.store.delete(upload_id)
@@ -579,6 +596,8 @@ class UploadService:
                 )
             if length is not None:
                 self._declare_length(row, length)
+                if self.quota is not None:
+                    self.quota.on_length(session, row)
             if row.state is UploadState.COMPLETED and content_length:
                 raise UploadTooLarge("the upload is already complete", offset=row.offset)
             limit = (row.length if row.length is not None else self.limits.max_size) - offset
@@ -591,6 +610,7 @@ class UploadService:
                 self._mark_complete_if_done(row)
             row.verifying = verify
             before = UploadInfo.of(row)
+            metered = self._metered(session, row, offset, content_length, chunks)
         if before.complete:
             # Declaring the length completed it, or it was complete already.
             return before
@@ -600,7 +620,7 @@ class UploadService:
         landed: int | None = None
         known.value = None  # whatever the append does, until it is recorded
         try:
-            landed = self.store.append(upload_id, offset, guard.wrap(chunks))
+            landed = self.store.append(upload_id, offset, guard.wrap(metered))
             verifier.body_ended()
         except TusError as error:
             info = record(verified=not verify, landed=landed)
@@ -650,6 +670,8 @@ class UploadService:
                 # A live final reads its bytes through this partial's: they stay (the
                 # URL answers 410 all the same); cleanup removes them once unnamed.
                 keep = row.concat is Concat.PARTIAL and partial_in_use(session, upload_id)
+                if self.quota is not None and not keep:
+                    self.quota.release(session, row)  # a kept partial's, when its bytes go
                 info = UploadInfo.of(row)
                 self.outbox.record(session, "post-terminate", info, row.updated_at)
             if not keep:
@@ -792,6 +814,24 @@ class UploadService:
             log.error("upload %s: its lock was lost mid-request; stopping", upload_id)
             raise LockLost()
 
+    def _metered(
+        self,
+        session: Session,
+        row: Upload,
+        offset: int,
+        content_length: int | None,
+        chunks: Iterable[bytes],
+    ) -> Iterable[bytes]:
+        """A PATCH body counted against the quota (quota.py) when its upload's length is
+        deferred: room for a body with a Content-Length is reserved here, before a byte
+        of it is read; a chunked one is counted as it arrives."""
+        if self.quota is None or row.length is not None:
+            return chunks
+        self.quota.reserve_body(session, row, content_length)
+        if content_length is not None:
+            return chunks
+        return self.quota.meter(row.id, offset, row.quota_bytes, chunks)
+
     def _declare_length(self, row: Upload, length: int) -> None:
         if row.length is not None:
             if row.length != length:
@@ -855,6 +895,8 @@ class UploadService:
                 row.verifying = doubtful
                 row.updated_at = self.clock()
                 self._mark_complete_if_done(row)
+                if self.quota is not None:
+                    self.quota.settle(session, row)
                 return UploadInfo.of(row)
         except OperationalError as error:
             full = db.registry_full(error, offset=start)

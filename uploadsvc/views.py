@@ -15,11 +15,12 @@ from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
 from . import body, checksums, connection, cors, db, downloads, protocol
-from .callers import FILES_PATH, hook_request
+from .callers import FILES_PATH, hook_request, known_caller
 from .config import Settings
 from .errors import (
     InvalidHeader,
     TusError,
+    Unauthorized,
     UnsupportedVersion,
     UploadTooLarge,
 )
@@ -76,11 +77,13 @@ def authorize() -> None:
     svc = service()
     if not svc.hooks.authorizes:
         return
+    # Who asks, before anything is looked up (UPLOADSVC_AUTH=grants: 401 first).
+    asking = known_caller(svc.hooks.authenticate(hook_request()))
     upload_id = (request.view_args or {}).get("upload_id")
     upload = None
     if upload_id is not None and svc.hooks.authorize_needs_upload:
         upload = svc.describe(upload_id)
-    svc.hooks.authorize(hook_request(), upload)
+    svc.hooks.authorize(asking, upload)
 
 
 @bp.before_request
@@ -352,6 +355,8 @@ def _error_response(error: TusError) -> Response:
     )
     if isinstance(error, UnsupportedVersion):
         response.headers["Tus-Version"] = protocol.TUS_VERSION
+    if isinstance(error, Unauthorized):
+        response.headers["WWW-Authenticate"] = error.challenge
     if error.offset is not None:
         response.headers["Upload-Offset"] = str(error.offset)
     if error.retry_after is not None:

@@ -19,7 +19,7 @@ from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from werkzeug.wrappers import Response as ResponseBase
 
 from . import listing
-from .callers import FILES_PATH, hook_request
+from .callers import FILES_PATH, hook_request, known_caller
 from .errors import TusError
 from .parts import parts
 
@@ -60,6 +60,7 @@ def page() -> Response:
         version=_asset_version(),
         have_tus=(STATIC_DIR / TUS_BUNDLE).is_file(),
         max_size=parts().settings.max_size,
+        auth=parts().settings.auth,
     )
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = PAGE_CSP
@@ -85,9 +86,11 @@ def uploads() -> ResponseBase:
             return response
     app_parts = parts()
     service, hooks = app_parts.service, app_parts.hooks
-    asking = hook_request()
+    # UPLOADSVC_AUTH=grants: who asks (401 first); a grant's link lists its own uploads.
+    asking = known_caller(hooks.authenticate(hook_request()))
+    grant_id = asking.grant.id if asking.grant is not None else None
     shown: list[dict[str, Any]] = []
-    candidates = list(listing.recent_completed(app_parts.readers, before=before))
+    candidates = list(listing.recent_completed(app_parts.readers, before=before, grant_id=grant_id))
     # The hook decides on each upload as for its download, so it is given each one.
     infos = (
         service.describe_many(upload.id for upload in candidates)

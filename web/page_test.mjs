@@ -169,7 +169,16 @@ async function simpleRun(page) {
   const url = await page.locator(row(BIG)).getAttribute('data-url')
   const link = await completedLink(page, BIG)
   await screenshot(page, 'done.png')
-  return { url, link }
+  const listed = await page.locator('#completed tbody a').allTextContents()
+  // The download link as the browser follows it (its cookies, no added headers).
+  const fetched = await page.evaluate(async (href) => {
+    const res = await fetch(href, { credentials: 'same-origin' })
+    const body = await res.arrayBuffer()
+    const digest = await crypto.subtle.digest('SHA-256', body)
+    const hex = [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, '0')).join('')
+    return { status: res.status, sha256: hex }
+  }, link.href)
+  return { url, link, listed, fetched }
 }
 
 async function main() {

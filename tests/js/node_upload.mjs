@@ -163,6 +163,7 @@ function baseOptions(recorder, extra) {
   return {
     endpoint: spec.endpoint,
     metadata: spec.metadata ?? {},
+    headers: spec.headers ?? {},
     retryDelays: [0, 1000, 3000, 5000],
     ...recorder.hooks,
     ...extra,

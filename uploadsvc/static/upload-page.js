@@ -14,6 +14,12 @@
   // request bodies). Bytes that reach the server are kept even when a request breaks.
   const CHUNK_SIZE = positive(new URLSearchParams(window.location.search).get('chunkSize'))
   const RATE_WINDOW_MS = 5000
+  // An upload link (flask grant create) carries its token in the fragment, #grant=...:
+  // browsers never send a fragment to a server, so no proxy or access log sees it. The
+  // page sends it as a bearer token on its tus requests and its list; download links
+  // can't carry a header, so a same-site cookie on files/ carries it for them.
+  const GRANT = new URLSearchParams(window.location.hash.slice(1)).get('grant')
+  const AUTH_HEADERS = GRANT ? { Authorization: `Bearer ${GRANT}` } : {}
 
   const $ = (id) => document.getElementById(id)
   const app = $('app')
@@ -110,6 +116,7 @@
     if (file.type) metadata.filetype = file.type
     const options = {
       endpoint: ENDPOINT,
+      headers: AUTH_HEADERS,
       retryDelays: RETRY_DELAYS,
       metadata,
       removeFingerprintOnSuccess: true,
@@ -142,6 +149,7 @@
         // Retrying helps after network trouble or a server error, not after a refusal.
         const status = error.originalResponse ? error.originalResponse.getStatus() : 0
         item.retryable = status === 0 || status >= 500 || status === 423 || status === 409
+        if (status === 401) notice('This upload link is not valid (any more): ask whoever sent it for a new one.')
         setStatus(item, 'error', describeError(error))
       },
     }
@@ -290,11 +298,11 @@
 
   function discardStored(upload) {
     const forget = () => tus.defaultOptions.urlStorage.removeUpload(upload.urlStorageKey).then(refreshUnfinished)
-    tus.Upload.terminate(upload.uploadUrl, { retryDelays: [0, 1000] }).then(forget, forget)
+    tus.Upload.terminate(upload.uploadUrl, { headers: AUTH_HEADERS, retryDelays: [0, 1000] }).then(forget, forget)
   }
 
   function refreshCompleted() {
-    return fetch(LIST_URL, { cache: 'no-store', credentials: 'same-origin' })
+    return fetch(LIST_URL, { cache: 'no-store', credentials: 'same-origin', headers: AUTH_HEADERS })
       .then((response) => {
         if (!response.ok) throw new Error(`the list answered ${response.status}`)
         return response.json()
@@ -325,7 +333,20 @@
 
   // ------------------------------------------------------------------ wiring
 
+  function rememberGrant() {
+    if (!GRANT) {
+      if (app.dataset.auth === 'grants') notice('Uploading here needs an upload link: ask for one.')
+      return
+    }
+    // For download links only (the server reads it on GET /files/<id>); a session
+    // cookie, never sent cross-site, on the tus path alone.
+    const path = new URL('files/', document.baseURI).pathname
+    const secure = window.location.protocol === 'https:' ? '; Secure' : ''
+    document.cookie = `uploadsvc_grant=${encodeURIComponent(GRANT)}; Path=${path}; SameSite=Strict${secure}`
+  }
+
   function init() {
+    rememberGrant()
     $('refresh').addEventListener('click', () => refreshCompleted())
     refreshCompleted()
     if (typeof tus === 'undefined') {

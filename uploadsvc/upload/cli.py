@@ -36,6 +36,8 @@ from .transfer import (
 PROG = "uploadsvc-upload"
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 ENDPOINT_ENV = "UPLOADSVC_ENDPOINT"
+# An upload link's token (flask grant create): in the environment, it stays out of `ps`.
+TOKEN_ENV = "UPLOADSVC_TOKEN"
 # Seconds to sleep after each chunk; for tests that must catch an upload mid-way.
 CHUNK_DELAY_ENV = "UPLOADSVC_UPLOAD_CHUNK_DELAY"
 
@@ -65,6 +67,7 @@ failure's. A server that can't be reached stops the run.
 
 environment:
   {ENDPOINT_ENV}   the endpoint when --endpoint isn't given
+  {TOKEN_ENV}      the token when --token isn't given
 """
 
 
@@ -156,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="an HTTP header for every request, e.g. 'Authorization: Bearer ...' (repeatable)",
     )
     parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        metavar="TOKEN",
+        help=f"an upload link's token, sent as 'Authorization: Bearer ...' (default: ${TOKEN_ENV})",
+    )
+    parser.add_argument(
         "--verify",
         action="store_true",
         help="after each upload, download the stored bytes and compare (sha256)",
@@ -199,6 +208,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--timeout must be positive")
     if args.state is None:
         args.state = default_state_path()
+    if args.token:
+        if any(name.lower() == "authorization" for name, _ in args.header):
+            parser.error("--token and an Authorization header: give one of them")
+        args.header.append(("Authorization", f"Bearer {args.token.strip()}"))
     return args
 
 
