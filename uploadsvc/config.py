@@ -137,6 +137,10 @@ class Settings:
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
     s3_part_size: int = DEFAULT_S3_PART_SIZE
+    # Resumable Uploads for HTTP: send a 104 (Upload Resumption Supported) interim response
+    # with an upload's URL as soon as a creation made it. Only for clients that reach
+    # gunicorn directly: a proxy may take the 104 for the final answer (README).
+    send_104: bool = False
 
     @property
     def postgres(self) -> bool:
@@ -207,6 +211,7 @@ class Settings:
             s3_prefix=s3_prefix,
             s3_endpoint_url=_http_url(values, "S3_ENDPOINT_URL"),
             s3_part_size=s3_part_size,
+            send_104=_boolean(values, "SEND_104", False),
         )
 
     @classmethod
