@@ -109,7 +109,10 @@ def is_draft_request(headers: Fields) -> bool:
 
 def interop_version(value: str | None) -> InteropVersion:
     """The row for a request's ``Upload-Draft-Interop-Version``."""
-    number = parse_integer(value, INTEROP_FIELD)
+    try:
+        number = parse_integer(value, INTEROP_FIELD)
+    except DraftError:
+        number = None
     if number is None or number not in VERSIONS:
         spoken = ", ".join(map(str, SUPPORTED))
         raise DraftError(f"{INTEROP_FIELD} {str(value)[:20]!r}: this server speaks {spoken}")
