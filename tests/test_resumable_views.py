@@ -27,7 +27,7 @@ def version(request: pytest.FixtureRequest) -> InteropVersion:
     return VERSIONS[request.param]
 
 
-def draft(version: InteropVersion, complete: bool | None = None, **extra: str) -> dict[str, str]:
+def draft(version: InteropVersion, complete: bool | None = None, /, **extra: str) -> dict[str, str]:
     headers = {"Upload-Draft-Interop-Version": str(version.number), **extra}
     if complete is not None:
         if version.complete_field == "Upload-Incomplete":
@@ -46,7 +46,7 @@ def complete_of(version: InteropVersion, response: TestResponse) -> bool:
     return value == "?1"
 
 
-def create(client: FlaskClient, version: InteropVersion, data: bytes = b"", **extra: str) -> str:
+def create(client: FlaskClient, version: InteropVersion, data: bytes = b"", /, **extra: str) -> str:
     complete = extra.pop("complete", None) == "yes"
     response = client.post("/files/", data=data, headers=draft(version, complete, **extra))
     assert response.status_code == 201, response.text

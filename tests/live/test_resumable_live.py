@@ -40,6 +40,7 @@ pytestmark = pytest.mark.live
 ALL = sorted(VERSIONS)
 STATUS_RE = re.compile(rb"HTTP/1\.1 (\d{3})")
 READ_TIMEOUT = 30.0
+Fields = list[tuple[str, str]]
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ class Reader:
         raise AssertionError("more than 16 interim responses")
 
 
-def fields_of(version: InteropVersion, complete: bool | None = None, **extra: str) -> list:
+def fields_of(version: InteropVersion, complete: bool | None = None, **extra: str) -> Fields:
     fields = [("Upload-Draft-Interop-Version", str(version.number))]
     if complete is not None:
         if version.complete_field == "Upload-Incomplete":
@@ -143,7 +144,9 @@ def fields_of(version: InteropVersion, complete: bool | None = None, **extra: st
     return fields
 
 
-def send(server: LiveServer, method: str, target: str, fields: list, body: bytes = b"") -> Exchange:
+def send(
+    server: LiveServer, method: str, target: str, fields: Fields, body: bytes = b""
+) -> Exchange:
     """One request on a fresh connection: every response to it, interim ones included."""
     if body or method in ("POST", "PATCH"):
         fields = [*fields, ("Content-Length", str(len(body)))]
@@ -165,7 +168,7 @@ def completeness(version: InteropVersion, message: Message) -> bool:
     return value == "?1"
 
 
-def append_fields(version: InteropVersion, offset: int, complete: bool | None) -> list:
+def append_fields(version: InteropVersion, offset: int, complete: bool | None) -> Fields:
     fields = fields_of(version, complete, Upload_Offset=str(offset))
     if version.append_media_type:
         fields.append(("Content-Type", version.append_media_type))
