@@ -110,6 +110,7 @@ def test_careful_creation_appends_and_completes(
     response = client.head(url, headers=draft(version))
     assert complete_of(version, response)
     assert response.headers["Upload-Length"] == "11"
+    assert response.headers["Upload-Limit"] == "max-size=1000"  # complete: no expiry
     assert download(client, url) == b"hello world"
 
 
@@ -381,3 +382,20 @@ def test_authorize_gets_the_draft_upload(data_dir: Path) -> None:
         assert client.head(url, headers={**TUS, **bob}).status_code == 404
     finally:
         close_app(app)
+
+
+def test_busy_upload_is_a_5xx_the_draft_retries(
+    app: Flask, client: FlaskClient, version: InteropVersion
+) -> None:
+    """tus answers 423 for a lock it can't take; the draft's clients retry no 4xx, but
+    resume after a 5xx: 503 with Retry-After, nothing stored."""
+    url = create(client, version, b"abc")
+    upload_id = url.rsplit("/", 1)[1]
+    with service(app).locker.hold(upload_id, timeout=1):
+        for response in (
+            client.head(url, headers=draft(version)),
+            append(client, version, url, 3, b"def", True),
+        ):
+            assert response.status_code == 503
+            assert response.headers["Retry-After"] == "1"
+    assert client.head(url, headers=draft(version)).headers["Upload-Offset"] == "3"

@@ -15,7 +15,6 @@ GET (a download) is not the draft's: it falls through to the tus view.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
 from flask import Response, request
 from werkzeug.http import parse_options_header
@@ -213,7 +212,7 @@ def _answer(version: InteropVersion, info: UploadInfo, status: int) -> Response:
     value = version.complete_value(info.complete)
     if value is not None:
         response.headers[version.complete_field] = value
-    response.headers[resumable.LIMIT_FIELD] = _limits(version, info.expires_at)
+    response.headers[resumable.LIMIT_FIELD] = _limits(version, info)
     response.headers.update(info.finish_headers)
     return response
 
@@ -231,9 +230,7 @@ def _draft_error(
         return response
     if isinstance(error, UploadGone):
         response.status_code = version.gone_status
-    response.headers[resumable.LIMIT_FIELD] = _limits(
-        version, info.expires_at if info is not None else None
-    )
+    response.headers[resumable.LIMIT_FIELD] = _limits(version, info)
     if isinstance(error, OffsetMismatch) and error.expected is not None:
         response.headers[resumable.OFFSET_FIELD] = str(error.expected)
         if version.problem_types and error.provided is not None:
@@ -264,21 +261,20 @@ def _announce(version: InteropVersion, info: UploadInfo) -> None:
         return
     if environ.get("SERVER_PROTOCOL") != "HTTP/1.1":
         return  # an HTTP/1.0 client can't take an interim response
-    head = resumable.interim_response(
-        version, _location(info.id), _limits(version, info.expires_at)
-    )
+    head = resumable.interim_response(version, _location(info.id), _limits(version, info))
     if not connection.send_interim(environ, head):
         log.debug("upload %s: no 104 sent (no socket, or the response began)", info.id)
 
 
-def _limits(version: InteropVersion, expires_at: datetime | None) -> str:
-    """``Upload-Limit`` for an upload expiring at ``expires_at``, or (None) for one
-    made now: every unfinished upload lives ``expire_after`` past its last write."""
+def _limits(version: InteropVersion, info: UploadInfo | None) -> str:
+    """``Upload-Limit`` for an upload, or (None) for one made now: an unfinished upload
+    lives ``expire_after`` past its last write; a complete one doesn't expire."""
     svc = parts().service
-    if expires_at is None:
-        max_age: int | None = int(svc.limits.expire_after.total_seconds())
-    else:
-        max_age = int((expires_at - svc.clock()).total_seconds())
+    max_age: int | None = None
+    if info is None:
+        max_age = int(svc.limits.expire_after.total_seconds())
+    elif info.expires_at is not None:
+        max_age = int((info.expires_at - svc.clock()).total_seconds())
     return resumable.format_limits(version, svc.limits.max_size, max_age)
 
 
