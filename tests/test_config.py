@@ -221,6 +221,7 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "MIN_RATE_WINDOW": frozenset(),
     "MIN_RATE_GRACE": frozenset({"0"}),
     "MAX_UPLOADS_PER_CLIENT": frozenset({"0"}),  # off
+    "SEND_104": frozenset({"0"}),
 }
 SERVER_SETTINGS = frozenset({"WORKERS", "THREADS", "BIND"})
 

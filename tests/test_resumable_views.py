@@ -399,3 +399,9 @@ def test_busy_upload_is_a_5xx_the_draft_retries(
             assert response.status_code == 503
             assert response.headers["Retry-After"] == "1"
     assert client.head(url, headers=draft(version)).headers["Upload-Offset"] == "3"
+
+
+def test_preflights_are_not_authorized(hooked: FlaskClient) -> None:
+    """As for tus: an OPTIONS carries no credentials, so authorize doesn't run for it."""
+    headers = draft(VERSIONS[9], Authorization="Bearer bad")
+    assert hooked.options("/files/", headers=headers).status_code == 204

@@ -54,7 +54,8 @@ def draft_request() -> ResponseBase | None:
     try:
         if request.method == "GET":
             return None  # a download: the tus view serves it (and asks authorize itself)
-        authorize()
+        if request.method != "OPTIONS":  # as for tus: preflights carry no credentials
+            authorize()
         handler = _HANDLERS.get((request.method, _upload_id() is not None))
         if handler is None:
             return None  # the tus view answers (405 for a method the route lacks)
