@@ -79,6 +79,36 @@ def test_upload(
 
 
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_upload_data_during_creation(
+    live_server: LiveServer, node: str, data_file: DataFile, protocol: str
+) -> None:
+    """``uploadDataDuringCreation`` in 1 MiB chunks: the POST carries the first chunk
+    (``Upload-Complete: ?0``), PATCHes the rest. tus-js-client marks a file stream's
+    last chunk ``?0`` too (it learns the end only by reading past it): the length it
+    told at creation completes the upload, as the server's answer says."""
+    size = 3 * MiB + 5
+    path, sha = data_file(size)
+    spec = {
+        "mode": "upload",
+        "endpoint": live_server.endpoint,
+        "path": str(path),
+        "protocol": protocol,
+        "chunkSize": MiB,
+        "dataDuringCreation": True,
+        "timeoutSeconds": 120,
+    }
+    result = run_node(node, SCRIPT, spec, NODE_TIMEOUT)[-1]
+    assert result["ok"], result
+    requests = result["requests"]
+    _check_draft_requests(requests, PROTOCOLS[protocol])
+    assert [r["method"] for r in requests] == ["POST", "PATCH", "PATCH", "PATCH"]
+    assert (requests[0]["reqComplete"], requests[0]["offset"]) == ("?0", str(MiB))
+    assert [r["reqComplete"] for r in requests[1:3]] == ["?0", "?0"]
+    assert [r["complete"] for r in requests] == ["?0", "?0", "?0", "?1"]
+    _assert_stored(live_server, result["url"], size, sha)
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
 def test_abort_and_resume(
     live_server: LiveServer, node: str, data_file: DataFile, tmp_path: Path, protocol: str
 ) -> None:
