@@ -388,3 +388,32 @@ def test_second_append_takes_over_a_stalled_one(servers: tuple[LiveServer, LiveS
         assert response.status == version.complete_status
     assert sha256_file(server.data_file(location)) == sha256_bytes(data)
     assert HOST  # the loopback only
+
+
+def test_stalled_optimistic_creation_is_taken_over(
+    servers: tuple[LiveServer, LiveServer],
+) -> None:
+    """A phone's connection goes half-open mid-creation: the client, holding the URL from
+    the 104, asks HEAD on a new connection; the stalled creation hands over what it got."""
+    direct, _ = servers
+    version = VERSIONS[8]
+    data = random_bytes(1 * MiB, seed=64)
+    sent = 300 * KiB
+    fields = [*fields_of(version, True), ("Content-Length", str(len(data)))]
+    with connect(direct.port, READ_TIMEOUT) as stalled:
+        stalled.sendall(build_request("POST", "/files/", fields, port=direct.port))
+        interim = Reader(stalled).message()
+        assert interim is not None and interim.status == 104
+        location = interim.get("Location") or ""
+        stalled.sendall(data[:sent])
+        wait_until_delivered(stalled)
+        time.sleep(0.2)
+        target = path_of(location)
+        response = final(send(direct, "HEAD", target, fields_of(version)))
+        assert (response.status, response.get("Upload-Offset")) == (204, str(sent))
+        assert response.get("Upload-Length") == str(len(data))  # told by the creation
+        response = final(
+            send(direct, "PATCH", target, append_fields(version, sent, True), data[sent:])
+        )
+        assert response.status == version.complete_status
+    assert sha256_file(direct.data_file(location)) == sha256_bytes(data)
