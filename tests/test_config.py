@@ -227,6 +227,7 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "ADMIN_TOKEN": frozenset({"9" * 40}),  # 16 visible characters or more
     "QUOTA_BYTES": frozenset({"1000000000000"}),
     "QUOTA_FILES": frozenset({"1000000000000"}),
+    "SEND_104": frozenset({"0"}),
 }
 SERVER_SETTINGS = frozenset({"WORKERS", "THREADS", "BIND"})
 

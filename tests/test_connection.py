@@ -14,13 +14,14 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
+from typing import Any
 
 import gunicorn.http.body as gbody  # type: ignore[import-untyped]
 import gunicorn.http.unreader as gunreader  # type: ignore[import-untyped]
 import pytest
 
 from uploadsvc import body
-from uploadsvc.connection import LINGER, RequestConnection, _linger
+from uploadsvc.connection import ENVIRON_KEY, LINGER, RequestConnection, _linger, send_interim
 from uploadsvc.transfers import TransferMonitor
 
 Pair = tuple[socket.socket, socket.socket]
@@ -147,3 +148,19 @@ def test_the_linger_after_a_stop_ends_when_the_peer_closes() -> None:
             started = time.monotonic()
             _linger(server, read_side_shut=True)
             assert time.monotonic() - started < LINGER / 2
+
+
+def test_interim_responses_go_out_before_the_final_one_only() -> None:
+    """send_interim (the 104 of Resumable Uploads for HTTP): written whole to the
+    request's socket while the final response hasn't begun; refused after, and outside
+    gunicorn (no RequestConnection)."""
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        environ: dict[str, Any] = {}
+        conn = RequestConnection(ours, environ)
+        environ[ENVIRON_KEY] = conn
+        assert send_interim(environ, b"HTTP/1.1 104 Upload Resumption Supported\r\n\r\n")
+        assert peer.recv(100) == b"HTTP/1.1 104 Upload Resumption Supported\r\n\r\n"
+        conn._respond()
+        assert not send_interim(environ, b"HTTP/1.1 104 x\r\n\r\n")
+    assert not send_interim({}, b"HTTP/1.1 104 x\r\n\r\n")

@@ -123,7 +123,9 @@ def create_app(
         grants=grants,
     )
 
-    from . import views, web
+    # resumable_views puts the draft's answers on the tus blueprint (Resumable Uploads
+    # for HTTP on the same endpoint): imported before the blueprint is registered.
+    from . import resumable_views, views, web  # noqa: F401
 
     app.register_blueprint(views.bp)
     web.init_app(app)

@@ -161,6 +161,10 @@ class Settings:
     admin_token: str | None = None
     quota_bytes: int | None = None
     quota_files: int | None = None
+    # Resumable Uploads for HTTP: send a 104 (Upload Resumption Supported) interim response
+    # with an upload's URL as soon as a creation made it. Only for clients that reach
+    # gunicorn directly: a proxy may take the 104 for the final answer (README).
+    send_104: bool = False
 
     @property
     def postgres(self) -> bool:
@@ -237,6 +241,7 @@ class Settings:
             admin_token=_token(values, "ADMIN_TOKEN"),
             quota_bytes=_optional_positive_int(values, "QUOTA_BYTES"),
             quota_files=_optional_positive_int(values, "QUOTA_FILES"),
+            send_104=_boolean(values, "SEND_104", False),
         )
 
     @classmethod

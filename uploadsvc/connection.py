@@ -73,6 +73,18 @@ class RequestConnection:
             with contextlib.suppress(OSError):  # the connection is already gone
                 self.sock.shutdown(socket.SHUT_RD)
 
+    def send_interim(self, head: bytes) -> bool:
+        """Write an interim (1xx) response, whole, before the final one; False when it
+        can't be sent (the final response has begun, or the connection is gone)."""
+        with self._guard:
+            if self.responded or self.sock is None:
+                return False
+            try:
+                self.sock.sendall(head)
+            except OSError:
+                return False
+            return True
+
     def _respond(self) -> bool:
         """Mark the response begun; whether the body was ended early."""
         with self._guard:
@@ -94,6 +106,17 @@ def body_stopper(environ: Mapping[str, Any]) -> Callable[[], None]:
     # know): shut its read side all the same; the transfer monitor's own end-of-body
     # flag keeps the stop off a request that has ended.
     return lambda: sock.shutdown(socket.SHUT_RD)
+
+
+def send_interim(environ: Mapping[str, Any], head: bytes) -> bool:
+    """Write an interim response (``head``: its status line and fields, ending in a blank
+    line) to the client before the final response. WSGI has no way to send one; under
+    gunicorn its socket does, through the request's connection (AnnouncedCloses), which
+    refuses once the final response has begun. Elsewhere: not sent (False)."""
+    conn = environ.get(ENVIRON_KEY)
+    if not isinstance(conn, RequestConnection):
+        return False
+    return conn.send_interim(head)
 
 
 class AnnouncedCloses:

@@ -10,13 +10,16 @@ ALLOWED_METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
 ALLOWED_HEADERS = (
     "Authorization, Content-Type, Tus-Resumable, Upload-Length, Upload-Metadata, "
     "Upload-Offset, Upload-Defer-Length, Upload-Concat, Upload-Checksum, "
-    "X-HTTP-Method-Override, X-Requested-With, X-Request-ID"
+    "X-HTTP-Method-Override, X-Requested-With, X-Request-ID, "
+    # Resumable Uploads for HTTP (tus-js-client's 'ietf-draft-*' protocols).
+    "Upload-Draft-Interop-Version, Upload-Complete, Upload-Incomplete"
 )
 EXPOSED_HEADERS = (
     "Location, Upload-Offset, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size, "
     "Tus-Extension, Tus-Checksum-Algorithm, Upload-Metadata, Upload-Defer-Length, "
     "Upload-Concat, Upload-Expires, Content-Disposition, Content-Length, Content-Range, "
-    "ETag, Retry-After, X-Request-ID"
+    "ETag, Retry-After, X-Request-ID, "
+    "Upload-Complete, Upload-Incomplete, Upload-Limit, Upload-Draft-Interop-Version"
 )
 # Browsers cache a preflight this long (Chromium caps it at 2 hours).
 PREFLIGHT_MAX_AGE = "86400"

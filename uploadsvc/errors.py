@@ -107,6 +107,18 @@ class UploadNotFound(TusError):
 class OffsetMismatch(TusError):
     status, reason, message = 409, "Conflict", "Upload-Offset does not match the upload's offset"
 
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        expected: int | None = None,
+        provided: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        # The upload's offset and the request's: the resumable-upload draft's 409 says both.
+        self.expected = expected
+        self.provided = provided
+
 
 class UploadGone(TusError):
     status, reason, message = 410, "Gone", "upload expired or terminated"

@@ -592,7 +592,9 @@ class UploadService:
                 raise Forbidden("a final upload is made by concatenation, not PATCH")
             if row.offset != offset:
                 raise OffsetMismatch(
-                    f"Upload-Offset {offset} does not match the upload's offset {row.offset}"
+                    f"Upload-Offset {offset} does not match the upload's offset {row.offset}",
+                    expected=row.offset,
+                    provided=offset,
                 )
             if length is not None:
                 self._declare_length(row, length)

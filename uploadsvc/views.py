@@ -14,7 +14,7 @@ from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
-from . import body, checksums, connection, cors, db, downloads, protocol
+from . import body, checksums, connection, cors, db, downloads, protocol, resumable
 from .callers import FILES_PATH, hook_request, known_caller
 from .config import Settings
 from .errors import (
@@ -62,6 +62,8 @@ def settings() -> Settings:
 
 @bp.before_request
 def require_tus_version() -> None:
+    if resumable.is_draft_request(request.headers):
+        return  # Resumable Uploads for HTTP: resumable_views answers (and authorizes)
     # Before anything else, and so before a byte of body is read.
     if request.method not in NO_TUS_HEADER_METHODS:
         protocol.require_tus_resumable(request.headers.get("Tus-Resumable"))

@@ -3,8 +3,9 @@
 // Driven by tests/live/test_browser.py.
 //
 // Usage: node browser_test.mjs '<json spec>'
-//   spec: executablePath, userDataDir, pageUrl (with endpoint/chunkSize/pauseAt in the
-//         query), filePath, screenshotDir, timeoutSeconds
+//   spec: executablePath, userDataDir, pageUrl (with endpoint/chunkSize/pauseAt and
+//         optionally protocol in the query), filePath, screenshotDir, timeoutSeconds;
+//         without pauseAt (or 0) the upload runs to its end without a pause
 //
 // The last stdout line is the JSON result ({"ok": true|false, ...}); exit status 0 iff ok.
 
@@ -115,6 +116,16 @@ async function main() {
 
     await page.setInputFiles('#file', spec.filePath)
     await page.click('#start')
+
+    if (!Number(new URL(spec.pageUrl).searchParams.get('pauseAt'))) {
+      const done = await waitForStatus(page, ['done'])
+      await screenshot(page, 'done.png')
+      return {
+        ok: done.status === 'done',
+        error: done.status === 'done' ? null : `upload ended as ${done.status}: ${done.error}`,
+        done,
+      }
+    }
 
     // The page pauses itself once pauseAt of the file went out.
     const paused = await waitForStatus(page, ['paused', 'done'])

@@ -57,10 +57,13 @@ function makeRecorder() {
         reqLength: req.getHeader('Upload-Length') ?? null,
         reqDeferLength: req.getHeader('Upload-Defer-Length') ?? null,
         reqConcat: req.getHeader('Upload-Concat') ?? null,
+        reqComplete: req.getHeader('Upload-Complete') ?? null,
+        reqInterop: req.getHeader('Upload-Draft-Interop-Version') ?? null,
         status: res.getStatus(),
         location: res.getHeader('Location') ?? null,
         offset: res.getHeader('Upload-Offset') ?? null,
         length: res.getHeader('Upload-Length') ?? null,
+        complete: res.getHeader('Upload-Complete') ?? null,
         body: res.getStatus() >= 400 ? String(res.getBody() ?? '').slice(0, 300) : null,
       })
     },
@@ -165,6 +168,8 @@ function baseOptions(recorder, extra) {
     metadata: spec.metadata ?? {},
     headers: spec.headers ?? {},
     retryDelays: [0, 1000, 3000, 5000],
+    // 'ietf-draft-03' or 'ietf-draft-05' (Resumable Uploads for HTTP); tus 1.0 by default.
+    ...(spec.protocol ? { protocol: spec.protocol } : {}),
     ...recorder.hooks,
     ...extra,
   }

@@ -19,6 +19,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -27,10 +28,13 @@ from .conftest import (
     HOST,
     JS_DIR,
     NODE_MODULES,
+    REPO_ROOT,
     LiveServer,
     MiB,
     head_upload,
+    http_request,
     make_data_file,
+    run_nginx,
     run_node,
     sha256_file,
 )
@@ -191,3 +195,131 @@ def test_browser_cross_origin_pause_resume(
     )
     assert base64.b64decode(metadata["filename"]).decode() == source.name
     assert {p.name for p in shots.glob("*.png")} == {"paused.png", "done.png"}
+
+
+# ------------------------------------------------- Resumable Uploads for HTTP in the browser
+
+# tus-js-client's names for the draft, and the interop version each sends.
+DRAFT_PROTOCOLS = {"ietf-draft-03": "5", "ietf-draft-05": "6"}
+DRAFT_EXPOSED = {"location", "upload-offset", "upload-length", "upload-complete", "upload-limit"}
+
+
+def _browser_run(
+    node: str,
+    chromium: str,
+    static_origin: str,
+    endpoint: str,
+    tmp_path: Path,
+    size: int,
+    **query: object,
+) -> tuple[dict[str, Any], str]:
+    """Upload a file of ``size`` seeded bytes from the test page; (the result, its sha256)."""
+    source = tmp_path / f"draft-{size}.bin"
+    sha = make_data_file(source, size, seed=size + 3)
+    shots = tmp_path / f"shots-{size}"
+    shots.mkdir()
+    spec = {
+        "executablePath": chromium,
+        "userDataDir": str(tmp_path / f"profile-{size}"),
+        "pageUrl": f"{static_origin}/page/index.html?{urlencode({'endpoint': endpoint, **query})}",
+        "filePath": str(source),
+        "screenshotDir": str(shots),
+        "timeoutSeconds": 120,
+    }
+    result = run_node(node, "browser_test.mjs", spec, BROWSER_TIMEOUT)[-1]
+    assert result["ok"], result
+    assert result["pageErrors"] == []
+    assert [m for m in result["console"] if m["type"] == "error"] == []
+    for response in result["responses"]:
+        assert response["allowOrigin"] == static_origin, response
+        exposed = {h.strip().lower() for h in (response["exposeHeaders"] or "").split(",")}
+        assert exposed >= DRAFT_EXPOSED, (response, DRAFT_EXPOSED - exposed)
+    return result, sha
+
+
+def _assert_draft_stored(server: LiveServer, url: str, size: int, sha: str, interop: str) -> None:
+    stored = server.data_file(url)
+    assert stored.stat().st_size == size
+    assert sha256_file(stored) == sha, "stored bytes differ from the file the browser sent"
+    head = http_request("HEAD", url, {"Upload-Draft-Interop-Version": interop})
+    assert head.status == 204, head
+    assert (head.header("Upload-Offset"), head.header("Upload-Complete")) == (str(size), "?1")
+
+
+@pytest.mark.parametrize("protocol", sorted(DRAFT_PROTOCOLS))
+@pytest.mark.parametrize("size", [0, 1, 5 * MiB, 64 * MiB], ids=["0B", "1B", "5MiB", "64MiB"])
+def test_browser_draft_uploads(
+    node: str,
+    chromium: str,
+    static_origin: str,
+    server_factory: Callable[..., LiveServer],
+    tmp_path: Path,
+    size: int,
+    protocol: str,
+) -> None:
+    server = server_factory(UPLOADSVC_CORS_ORIGINS=static_origin)
+    result, sha = _browser_run(
+        node, chromium, static_origin, server.endpoint, tmp_path, size, protocol=protocol
+    )
+    done = result["done"]
+    assert all(200 <= int(r["status"]) < 300 for r in done["requests"]), done["requests"]
+    assert done["requests"][0]["method"] == "POST"
+    _assert_draft_stored(server, done["url"], size, sha, DRAFT_PROTOCOLS[protocol])
+
+
+@pytest.mark.parametrize("protocol", sorted(DRAFT_PROTOCOLS))
+def test_browser_draft_pause_resume(
+    node: str,
+    chromium: str,
+    static_origin: str,
+    server_factory: Callable[..., LiveServer],
+    tmp_path: Path,
+    protocol: str,
+) -> None:
+    """Aborted half way (the page's pause), resumed from the server's offset."""
+    server = server_factory(UPLOADSVC_CORS_ORIGINS=static_origin)
+    result, sha = _browser_run(
+        node,
+        chromium,
+        static_origin,
+        server.endpoint,
+        tmp_path,
+        SIZE,
+        protocol=protocol,
+        chunkSize=CHUNK,
+        pauseAt=0.5,
+    )
+    url = result["paused"]["url"]
+    offset = int(result["serverWhilePaused"]["offset"])
+    assert 0 < offset < SIZE
+    resumed = [r for r in result["done"]["requests"] if r["phase"] == "resumed"]
+    assert resumed[0]["method"] == "HEAD" and int(resumed[0]["offset"]) == offset
+    assert "POST" not in [r["method"] for r in resumed]
+    assert _patches(resumed)[0][0] == offset
+    _assert_draft_stored(server, url, SIZE, sha, DRAFT_PROTOCOLS[protocol])
+
+
+@pytest.mark.parametrize("protocol", sorted(DRAFT_PROTOCOLS))
+def test_browser_draft_upload_through_nginx(
+    node: str,
+    chromium: str,
+    static_origin: str,
+    server_factory: Callable[..., LiveServer],
+    tmp_path: Path,
+    protocol: str,
+) -> None:
+    """Through deploy/nginx.conf, with UPLOADSVC_SEND_104 on: behind a proxy hop the
+    server never sends the 104 nginx would take for the final answer."""
+    server = server_factory(
+        UPLOADSVC_CORS_ORIGINS=static_origin, UPLOADSVC_PROXY_HOPS="1", UPLOADSVC_SEND_104="1"
+    )
+    site = (REPO_ROOT / "deploy" / "nginx.conf").read_text()
+    site = site.replace("server 127.0.0.1:8080;", f"server {HOST}:{server.port};")
+    with run_nginx(site, tmp_path / "nginx") as origin:
+        endpoint = f"{origin}/uploads/files/"
+        result, sha = _browser_run(
+            node, chromium, static_origin, endpoint, tmp_path, 5 * MiB, protocol=protocol
+        )
+        url = result["done"]["url"]
+        assert url.startswith(endpoint), url
+        _assert_draft_stored(server, url, 5 * MiB, sha, DRAFT_PROTOCOLS[protocol])
