@@ -30,6 +30,8 @@ from .service import UploadService, utcnow
 from .storage import StoreUnavailable, UploadStore
 from .storage.filesystem import FileStore
 from .transfers import TransferMonitor
+from .typegate import TypeGate
+from .verdicts import Judge
 
 __all__ = ["check_reachable", "close_app", "create_app"]
 
@@ -78,6 +80,7 @@ def create_app(
         clock=clock,
         hooks=hooks,
         readers=readers,
+        judge=Judge(TypeGate(settings.allowed_types), hooks),
     )
     transfers = TransferMonitor(
         locker,

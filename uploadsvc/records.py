@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import TusError
-from .models import Concat, Upload, UploadState
+from .models import Concat, Upload, UploadState, Verdict
 from .protocol import parse_metadata
 
-__all__ = ["Concat", "Limits", "UploadInfo", "UploadState", "upload_json"]
+__all__ = ["Concat", "Limits", "UploadInfo", "UploadState", "Verdict", "upload_json"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,11 @@ class UploadInfo:
     finish_headers: dict[str, str] = field(default_factory=dict)
     # This request ran the finish sequence (and won its compare-and-set).
     finished_now: bool = False
+    # The declared whole-file digest (one Repr-Digest member), and what the finish
+    # decided (None until it ran; only OK is served).
+    digest: str | None = None
+    verdict: Verdict | None = None
+    verdict_reason: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -64,6 +69,9 @@ class UploadInfo:
             finished_at=row.finished_at,
             concat=row.concat,
             parts=parts,
+            digest=row.digest,
+            verdict=row.verdict,
+            verdict_reason=row.verdict_reason,
         )
 
 
@@ -86,4 +94,7 @@ def upload_json(upload: UploadInfo) -> dict[str, Any]:
         "concat": upload.concat.value if upload.concat else None,
         "created_at": upload.created_at.isoformat(),
         "completed_at": upload.completed_at.isoformat() if upload.completed_at else None,
+        "digest": upload.digest,
+        "verdict": upload.verdict.value if upload.verdict else None,
+        "verdict_reason": upload.verdict_reason,
     }
