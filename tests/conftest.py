@@ -75,6 +75,7 @@ BOTH_DATABASES = frozenset(
         "test_cleanup.py",
         "test_hooks.py",  # hook-chosen ids
         "test_finish.py",
+        "test_gates.py",  # verdicts in the finish's compare-and-set
         "live/test_tuspy_uploads.py",
         "live/test_resume.py",
         "live/test_takeover.py",

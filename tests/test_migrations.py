@@ -19,7 +19,7 @@ from flask import Flask
 from sqlalchemy import Engine, inspect, select, text
 
 from uploadsvc import db, listing
-from uploadsvc.models import ID_LENGTH, Base, Upload, UploadPart, UploadState
+from uploadsvc.models import ID_LENGTH, Base, Upload, UploadPart, UploadState, Verdict
 
 FIRST = "0001"
 CONCATENATION = "0002"
@@ -249,3 +249,44 @@ def test_listing_index_on_a_database_with_data(engine: Engine) -> None:
 
 def _indexes(engine: Engine) -> set[str]:
     return {str(index["name"]) for index in inspect(engine).get_indexes("uploads")}
+
+
+BEFORE_VERDICTS = "0005"
+
+
+def test_verdicts_on_a_database_with_data(engine: Engine) -> None:
+    """0007 adds the declared digest and the verdict: uploads finished before it were
+    served as they were, so they are OK; unfinished ones get theirs when they finish.
+    Down and up again keeps the rows."""
+    config = db.alembic_config(engine)
+    command.upgrade(config, BEFORE_VERDICTS)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                'INSERT INTO uploads (id, state, length, "offset", upload_metadata, verifying,'
+                " created_at, updated_at, completed_at, finished_at) VALUES (:id, :state, 3,"
+                " :offset, '', FALSE, '2026-01-01 12:00:00.000000',"
+                " '2026-01-01 12:05:00.000000', :done, :done)"
+            ),
+            [
+                {"id": UPLOAD_ID, "state": "COMPLETED", "offset": 3, "done": STAMP.format(4)},
+                {"id": TOMBSTONE_ID, "state": "ACTIVE", "offset": 1, "done": None},
+            ],
+        )
+    command.upgrade(config, "head")
+    sessions = db.make_sessionmaker(engine)
+    with sessions.begin() as session:
+        done = session.get_one(Upload, UPLOAD_ID)
+        active = session.get_one(Upload, TOMBSTONE_ID)
+        assert (done.verdict, done.verdict_reason, done.digest) == (Verdict.OK, None, None)
+        assert active.verdict is None and active.offset == 1
+        active.digest = "sha-256=:" + "A" * 43 + "=:"
+        active.verdict, active.verdict_reason = Verdict.CORRUPT, "a reason"
+    readers = db.make_readers(engine)
+    assert [upload.id for upload in listing.recent_completed(readers)] == [UPLOAD_ID]
+    command.downgrade(config, BEFORE_VERDICTS)
+    assert "verdict" not in {column["name"] for column in inspect(engine).get_columns("uploads")}
+    command.upgrade(config, "head")
+    with sessions.begin() as session:
+        assert session.get_one(Upload, UPLOAD_ID).verdict is Verdict.OK
+        assert session.get_one(Upload, TOMBSTONE_ID).state is UploadState.ACTIVE

@@ -196,7 +196,7 @@ class UploadService:
         # Upload-Length 0: complete at birth, so it finishes now, the one way all do.
         with self._hold(info.id):
             info = self._complete(info)
-        return verdicts.require_servable(self._after_finish(info))
+        return self._after_finish(info)
 
     def _chosen_id(self, upload_id: str) -> str:
         if not protocol.is_upload_id(upload_id):
@@ -352,7 +352,7 @@ class UploadService:
         log.info("final upload %s created from %d partials", row.id, len(partial_ids))
         self.hooks.emit("post-create", UploadInfo.of(row, tuple(partial_ids)))
         with self._hold(row.id):
-            return verdicts.require_servable(self._assemble(row.id))
+            return self._assemble(row.id)
 
     def _partial_length(self, partial: UploadInfo) -> int:
         if partial.state in (UploadState.TERMINATED, UploadState.EXPIRED) or is_expired(
@@ -437,7 +437,8 @@ class UploadService:
             if info.concat is Concat.FINAL:
                 # Its bytes are its partials' (download): its own data holds none, so
                 # there is nothing to reconcile; a finish left due is resumed.
-                return self._complete(info) if info.complete else self._assemble(upload_id)
+                info = self._complete(info) if info.complete else self._assemble(upload_id)
+                return verdicts.require_servable(info)
             if row.verifying and size > info.offset:
                 # Bytes of a checksummed PATCH that never got its verdict: dropped from
                 # the file first, so the file agrees with the row even if clearing the

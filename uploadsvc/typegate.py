@@ -74,16 +74,14 @@ class Sniffed:
 
     mimes: frozenset[str]
     extensions: frozenset[str]
+    best: str = "unknown"  # the likeliest, as the library ranks them: for messages
 
     @property
     def recognised(self) -> bool:
         return bool(self.mimes or self.extensions)
 
     def describe(self) -> str:
-        named = sorted(m for m in self.mimes if m != "application/octet-stream")
-        if named:
-            return named[0]
-        return f"a {sorted(self.extensions)[0]} file" if self.extensions else "unknown"
+        return self.best
 
     def is_a(self, declared: str) -> bool:
         """Whether these bytes may be of the ``declared`` type."""
@@ -107,9 +105,12 @@ def sniff(head: bytes) -> Sniffed:
         return Sniffed(frozenset(), frozenset())
     mimes: set[str] = set()
     extensions: set[str] = set()
+    best = ""
     for match in found:
         if match.offset > HEADER_REACH:
             continue
+        if not best and match.mime_type not in ("", "application/octet-stream"):
+            best = match.mime_type
         if match.mime_type:
             mimes.add(match.mime_type.lower())
         if match.extension:
@@ -121,7 +122,9 @@ def sniff(head: bytes) -> Sniffed:
         if not match.mime_type and not match.extension:
             # A format puremagic knows by name only (ELF, Mach-O): something, not nothing.
             extensions.add("?" + (match.name or "binary"))
-    return Sniffed(frozenset(mimes), frozenset(extensions))
+    if not best and extensions:
+        best = "a " + "/".join(sorted(e for e in extensions if e.startswith("."))[:3]) + " file"
+    return Sniffed(frozenset(mimes), frozenset(extensions), best or "unknown")
 
 
 class TypeGate:

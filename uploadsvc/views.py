@@ -14,7 +14,7 @@ from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
-from . import body, checksums, connection, cors, db, digests, downloads, protocol
+from . import body, checksums, connection, cors, db, digests, downloads, protocol, verdicts
 from .callers import FILES_PATH, hook_request
 from .config import Settings
 from .errors import (
@@ -327,6 +327,13 @@ def _upload_response(info: UploadInfo, status: int) -> Response:
 
 
 def _created(info: UploadInfo) -> Response:
+    try:
+        # Complete at birth (a final, Upload-Length 0) and refused by its finish.
+        verdicts.require_servable(info)
+    except TusError as error:
+        response = _error_response(error)
+        response.headers["Location"] = _location(info.id)
+        return response
     response = _upload_response(info, 201)
     response.headers["Location"] = _location(info.id)
     # A creation that completed it (Upload-Length 0, a final made at once) finished it.
