@@ -105,26 +105,29 @@ def sniff(head: bytes) -> Sniffed:
         return Sniffed(frozenset(), frozenset())
     mimes: set[str] = set()
     extensions: set[str] = set()
-    best = ""
+    # For messages, in the library's order (likeliest first): a named type, else an
+    # extension, else the format's name.
+    labels: dict[int, list[str]] = {0: [], 1: [], 2: []}
     for match in found:
         if match.offset > HEADER_REACH:
             continue
-        if not best and match.mime_type not in ("", "application/octet-stream"):
-            best = match.mime_type
         if match.mime_type:
             mimes.add(match.mime_type.lower())
+            if match.mime_type != "application/octet-stream":
+                labels[0].append(match.mime_type.lower())
         if match.extension:
             extension = match.extension.lower()
             extensions.add(extension)
+            labels[1].append(f"a {extension} file")
             guessed, _ = mimetypes.guess_type("x" + extension, strict=False)
             if guessed:
                 mimes.add(guessed)
         if not match.mime_type and not match.extension:
             # A format puremagic knows by name only (ELF, Mach-O): something, not nothing.
             extensions.add("?" + (match.name or "binary"))
-    if not best and extensions:
-        best = "a " + "/".join(sorted(e for e in extensions if e.startswith("."))[:3]) + " file"
-    return Sniffed(frozenset(mimes), frozenset(extensions), best or "unknown")
+            labels[2].append(match.name or "a binary format")
+    best = next((group[0] for group in labels.values() if group), "unknown")
+    return Sniffed(frozenset(mimes), frozenset(extensions), best)
 
 
 class TypeGate:
