@@ -437,3 +437,19 @@ def test_malformed_digests_are_400_before_the_upload_exists(
         )
         assert response.status_code == 400, response.text
     assert not list((data_dir / "files").iterdir())
+
+
+def test_a_refused_partial_makes_no_final(app: Flask, client: FlaskClient) -> None:
+    """The check hook runs on partials too; a final may not name one it rejected, and
+    a final named before the verdict never completes (it is never servable)."""
+    url = create(client, len(gatekeeper.EICAR), **{"Upload-Concat": "partial"})
+    pending = create(client, 10, **{"Upload-Concat": "partial"})
+    headers = {"Upload-Metadata": meta(filetype="application/pdf")}
+    status, early = final(client, url, **headers)  # named while it is still arriving
+    assert status == 201
+    assert patch(client, url, gatekeeper.EICAR).status_code == 403
+    assert final(client, url, **headers)[0] == 403
+    assert final(client, pending, url, **headers)[0] == 403
+    assert head(client, early).status_code == 200
+    assert "Upload-Offset" not in head(client, early).headers  # never assembled
+    assert got(client, early).status_code == 404
