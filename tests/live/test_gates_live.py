@@ -10,6 +10,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from .conftest import (
     tus_headers,
     tuspy_upload,
 )
+from .test_page import page_tools, run_page  # noqa: F401 (a fixture)
 from .test_upload_cli_live import run_cli
 
 GATED = {
@@ -199,3 +201,24 @@ def test_tus_js_client_a_pdf_passes_and_shows_its_digest(
     )
     assert result["ok"] is True, result
     assert head_upload(result["url"]).header("Repr-Digest") == digest
+
+
+def test_the_page_shows_the_refusal(
+    request: pytest.FixtureRequest, server_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    """The upload page in Chromium: an exe renamed .pdf (the browser says
+    application/pdf) fails with the server's reason, and nothing of it is kept."""
+    tools: tuple[str, str] = request.getfixturevalue("page_tools")  # skips without chromium
+    server = server_factory(UPLOADSVC_WEB_UI="1", **GATED)
+    source = tmp_path / "invoice.pdf"
+    source.write_bytes(EXE)
+    result = run_page(
+        tools,
+        tmp_path,
+        f"{server.origin}/",
+        [source],
+        mode="refused",
+        console_errors=re.compile(r"Failed to load resource: .* 415 .*"),
+    )
+    assert "not application/pdf" in result["text"], result["text"]
+    assert stored_sizes(server) == [0]
