@@ -24,7 +24,7 @@ from tests.conftest import OCTET, TUS, Clock, Receiver, database_settings, servi
 from tests.hookmods import gatekeeper
 from tests.test_concat import final
 from tests.test_views import create, head, patch, stored
-from uploadsvc import close_app, create_app, digests
+from uploadsvc import close_app, create_app, digests, typegate
 from uploadsvc.config import ConfigError, Settings
 from uploadsvc.errors import InvalidHeader, TypeRefused
 from uploadsvc.protocol import format_metadata
@@ -453,3 +453,86 @@ def test_a_refused_partial_makes_no_final(app: Flask, client: FlaskClient) -> No
     assert head(client, early).status_code == 200
     assert "Upload-Offset" not in head(client, early).headers  # never assembled
     assert got(client, early).status_code == 404
+
+
+# -- the verdict with the finish, exactly once --------------------------------------------
+
+
+class Crash(BaseException):
+    """The process dying at this point."""
+
+
+@pytest.mark.parametrize("resumer", ["HEAD", "GET", "cleanup"])
+def test_a_verdict_survives_a_crash_and_is_recorded_once(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, resumer: str
+) -> None:
+    """The check ran, the process died before the finish's compare-and-set: whoever
+    finishes it next judges again, records corrupt once, and one post-finish says so."""
+    svc = service(app)
+    url = create(
+        client,
+        len(PDF),
+        **{"Upload-Metadata": meta(filetype="application/pdf"), "Repr-Digest": repr_digest(b"x")},
+    )
+    real = svc.hooks.pre_finish
+
+    def dies(upload: Any) -> dict[str, str]:
+        assert upload.verdict.value == "corrupt"  # judged before pre_finish
+        monkeypatch.setattr(svc.hooks, "pre_finish", real)
+        raise Crash()
+
+    monkeypatch.setattr(svc.hooks, "pre_finish", dies)
+    with pytest.raises(Crash):
+        patch(client, url, PDF)
+    assert svc.describe(ident(url)).verdict is None  # not recorded: the finish is due
+    if resumer == "HEAD":
+        assert head(client, url).status_code == 403
+    elif resumer == "GET":
+        assert got(client, url).status_code == 403
+    else:
+        result = app.test_cli_runner().invoke(args=["cleanup", "--json"])
+        assert result.exit_code == 0, result.output
+    info = svc.describe(ident(url))
+    assert info.verdict is not None and info.verdict.value == "corrupt"
+    assert finish_event(app, ident(url))["verdict"] == "corrupt"  # exactly one event
+    assert head(client, url).status_code == 403
+
+
+# -- HeldWindow ------------------------------------------------------------------------
+
+
+def test_the_window_holds_bytes_until_judged_and_passes_the_rest() -> None:
+    seen: list[bytes] = []
+    window = typegate.HeldWindow(2, 6, lambda: b"ab", seen.append)
+    out = list(window.wrap([b"c", b"d", b"efgh", b"ij"]))
+    assert seen == [b"abcdef"]  # once, with the bytes stored before this body
+    assert b"".join(out) == b"cdefghij"
+    assert out[0] == b"cdef"  # nothing passed on before the judgement
+
+
+def test_a_refused_window_passes_nothing_on() -> None:
+    def refuse(head: bytes) -> None:
+        raise TypeRefused("no")
+
+    window = typegate.HeldWindow(0, 4, lambda: b"", refuse)
+    out: list[bytes] = []
+    with pytest.raises(TypeRefused):
+        out.extend(window.wrap([b"ab", b"cdef"]))
+    assert out == [] and window.refused
+
+
+def test_a_body_ending_inside_the_window_keeps_its_bytes_unjudged() -> None:
+    seen: list[bytes] = []
+    window = typegate.HeldWindow(0, 100, lambda: b"", seen.append)
+    assert list(window.wrap([b"ab", b"cd"])) == [b"abcd"]
+    assert seen == [] and not window.judged
+
+    def broken() -> Iterator[bytes]:
+        yield b"xy"
+        raise ConnectionError("cut")
+
+    window = typegate.HeldWindow(0, 100, lambda: b"", seen.append)
+    out: list[bytes] = []
+    with pytest.raises(ConnectionError):
+        out.extend(window.wrap(broken()))
+    assert out == [b"xy"] and seen == []  # every byte that arrived is kept

@@ -568,7 +568,7 @@ class UploadService:
             # Once the lock is released, on success and on error alike.
             if settled is not None:
                 self._after_finish(settled)
-        return verdicts.require_servable(settled)
+        return verdicts.require_servable(settled, wrote_last=True)
 
     def _write(
         self,

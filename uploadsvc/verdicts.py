@@ -120,14 +120,15 @@ class Judge:
         return Judgement(verdict, reason[:1000])
 
 
-def require_servable(upload: UploadInfo) -> UploadInfo:
-    """An upload whose finish refused it is never served: the request that finished
-    it learns why (460 for a digest mismatch), every later one gets 403."""
+def require_servable(upload: UploadInfo, *, wrote_last: bool = False) -> UploadInfo:
+    """An upload whose finish refused it is never served: the request that brought its
+    last bytes (``wrote_last``) and finished it learns why (460 for a digest mismatch),
+    every other one gets 403 (a HEAD or GET that ran a finish a crash left due too)."""
     if upload.verdict in (None, Verdict.OK):
         return upload
     if upload.verdict is Verdict.CORRUPT:
         message = f"upload is corrupt: {upload.verdict_reason}"
-        if upload.finished_now:
+        if upload.finished_now and wrote_last:
             raise DigestMismatch(message, offset=upload.offset)
         raise UploadRefused(message)
     raise UploadRefused(f"upload rejected: {upload.verdict_reason}")

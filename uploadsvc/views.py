@@ -329,7 +329,7 @@ def _upload_response(info: UploadInfo, status: int) -> Response:
 def _created(info: UploadInfo) -> Response:
     try:
         # Complete at birth (a final, Upload-Length 0) and refused by its finish.
-        verdicts.require_servable(info)
+        verdicts.require_servable(info, wrote_last=True)
     except TusError as error:
         response = _error_response(error)
         response.headers["Location"] = _location(info.id)
