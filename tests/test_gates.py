@@ -116,6 +116,15 @@ def ident(url: str) -> str:
         (b"\x7fELF\x02\x01\x01" + b"\x00" * 100, "text/plain", False),  # known by name only
         (b"<?xml version='1.0'?><svg/>", "image/svg+xml", True),
         (b"", "application/pdf", True),
+        # Text has "signatures" to puremagic (a BOM, "{", "<?xml"); declared as text, it
+        # is what it claims.
+        (b"\xef\xbb\xbfGr\xc3\xbc\xc3\x9fe\n" * 10, "text/plain", True),
+        (b'{"a": 1}\n', "text/plain", True),
+        (b"<?xml version='1.0'?><a/>", "text/xml", True),
+        (b"\xff\xfeh\x00i\x00", "text/csv", True),
+        (("x" * 8191 + "\u00fc").encode()[:SNIFF_BYTES], "text/plain", True),  # cut in a character
+        (b"\xef\xbb\xbf" + b"\x00\x01\x02" * 10, "text/plain", False),
+        (b'{"a": 1}\n', "image/png", False),
     ],
 )
 def test_bytes_against_their_declared_type(head_bytes: bytes, declared: str, passes: bool) -> None:

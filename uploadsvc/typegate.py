@@ -47,8 +47,44 @@ def normalise(mime: str | bytes | None) -> str | None:
         return None
     if isinstance(mime, bytes):
         mime = mime.decode("utf-8", "replace")
-    value = mime.split(";", 1)[0].strip().lower()
+    # At most a MIME type's length (RFC 6838: 127 + "/" + 127): it goes into messages.
+    value = mime.split(";", 1)[0].strip().lower()[:255]
     return value or None
+
+
+def _textual(mime: str) -> bool:
+    """Types whose files are text (RFC 6838 structured suffixes included)."""
+    major, _, minor = mime.partition("/")
+    return (
+        major in ("text", "message")
+        or minor in ("json", "xml", "javascript", "ecmascript", "x-sh", "x-shellscript")
+        or minor.endswith(("+xml", "+json"))
+    )
+
+
+# Control characters text doesn't have (tab, line feed, form feed, carriage return and
+# escape it may).
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes are text: UTF-8 (a BOM allowed; a character cut
+    by the window's end too) or UTF-16 with its BOM, without binary control bytes.
+    puremagic finds "signatures" in text (a UTF-8 BOM, "<?xml", "{"); a file declared
+    as a text type whose bytes are text is what it claims."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            text = head[: len(head) // 2 * 2].decode("utf-16")
+        except UnicodeDecodeError:
+            return False
+    else:
+        try:
+            text = head.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            if error.start < len(head) - 3:
+                return False
+            text = head[: error.start].decode("utf-8-sig")
+    return _NOT_TEXT.search(text) is None
 
 
 def parse_patterns(text: str) -> tuple[str, ...]:
@@ -183,7 +219,7 @@ class TypeGate:
             return
         declared = normalise(filetype)
         if declared is not None:
-            if not found.is_a(declared):
+            if not found.is_a(declared) and not (_textual(declared) and _is_text(head)):
                 raise TypeRefused(
                     f"the file is not {declared}: its first bytes say {found.describe()}"
                 )
