@@ -202,6 +202,7 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "READ_TIMEOUT": frozenset(),
     "CORS_ORIGINS": frozenset(),
     "PROXY_HOPS": frozenset({"0"}),
+    "ALLOWED_TYPES": frozenset(),  # none is a MIME pattern
     "HOOKS": frozenset(),
     "WEBHOOK_URL": frozenset(),
     "WEBHOOK_SECRET": frozenset({"9" * 40}),  # 16 characters or more: any will do

@@ -39,6 +39,7 @@ def test_preflight_without_tus_resumable(data_dir: Path) -> None:
         "Upload-Defer-Length",
         "Upload-Concat",
         "Upload-Checksum",
+        "Repr-Digest",  # a whole-file digest declared from a browser
         "Content-Type",
         "X-HTTP-Method-Override",
         "X-Requested-With",
@@ -65,6 +66,7 @@ def test_cors_on_success_and_errors(data_dir: Path) -> None:
         "Upload-Defer-Length",
         "Upload-Concat",
         "Upload-Expires",
+        "Repr-Digest",  # downloaders check the verified digest too
     ):
         assert name in exposed
     for headers, status in (({"Origin": ORIGIN}, 412), ({**TUS, "Origin": ORIGIN}, 400)):

@@ -18,6 +18,7 @@ from sqlalchemy import select, text
 
 from tests.conftest import TUS, Clock, database_settings
 from tests.test_concat import downloaded, final
+from tests.test_gates import EXE, meta
 from tests.test_views import patch
 from uploadsvc import close_app, create_app
 from uploadsvc.config import ConfigError, Settings
@@ -495,3 +496,22 @@ def test_the_uploader_sends_its_token_as_a_bearer(monkeypatch: pytest.MonkeyPatc
     assert ("Authorization", "Bearer ug_env") in args.header
     with pytest.raises(SystemExit):
         upload_cli.parse_args(["f.bin", *endpoint, "-H", "Authorization: Basic eA=="])
+
+
+def test_a_grants_types_gate_its_uploads_at_creation_and_on_the_bytes(
+    app: Flask, client: FlaskClient
+) -> None:
+    """`--types` holds like UPLOADSVC_ALLOWED_TYPES, for that grant's uploads only: a
+    declared type outside it is 415 before any body, and bytes that aren't the declared
+    type are 415 in the PATCH that brings them, which stores none of them."""
+    _, images = grant(app, types=("image/*",))
+    _, anything = grant(app)
+    pdf = {"Upload-Metadata": meta(filetype="application/pdf")}
+    assert create(client, len(EXE), images, **pdf).status_code == 415
+    url = url_of(create(client, len(EXE), anything, **pdf))  # another grant's: no gate
+    png = {"Upload-Metadata": meta(filetype="image/png")}
+    url = url_of(create(client, len(EXE), images, **png))
+    refused = patch(client, url, EXE, 0, **images)
+    assert refused.status_code == 415, refused.text
+    offset = client.head(url, headers={**TUS, **images})
+    assert offset.headers["Upload-Offset"] == "0"

@@ -20,7 +20,16 @@ from sqlalchemy import Engine, inspect, select, text
 
 from uploadsvc import db, listing, outbox
 from uploadsvc.delivery import Dispatcher
-from uploadsvc.models import ID_LENGTH, Base, Event, EventState, Upload, UploadPart, UploadState
+from uploadsvc.models import (
+    ID_LENGTH,
+    Base,
+    Event,
+    EventState,
+    Upload,
+    UploadPart,
+    UploadState,
+    Verdict,
+)
 from uploadsvc.records import UploadInfo
 
 FIRST = "0001"
@@ -253,7 +262,7 @@ def _indexes(engine: Engine) -> set[str]:
     return {str(index["name"]) for index in inspect(engine).get_indexes("uploads")}
 
 
-BEFORE_EVENTS = "0006"  # the revision 0008 follows
+BEFORE_EVENTS = "0007"  # the revision 0008 follows
 
 
 def test_events_outbox_on_a_database_with_data(engine: Engine) -> None:
@@ -362,3 +371,44 @@ def test_grants_migration_counts_what_is_there_and_keeps_it(engine: Engine) -> N
             assert connection.execute(text("SELECT count(*) FROM uploads")).scalar() == 6
         command.upgrade(config, "head")
     assert "ix_uploads_grant_id" in _indexes(engine)
+
+
+BEFORE_VERDICTS = "0006"  # the revision 0007 follows
+
+
+def test_verdicts_on_a_database_with_data(engine: Engine) -> None:
+    """0007 adds the declared digest and the verdict: uploads finished before it were
+    served as they were, so they are OK; unfinished ones get theirs when they finish.
+    Down and up again keeps the rows."""
+    config = db.alembic_config(engine)
+    command.upgrade(config, BEFORE_VERDICTS)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                'INSERT INTO uploads (id, state, length, "offset", upload_metadata, verifying,'
+                " created_at, updated_at, completed_at, finished_at) VALUES (:id, :state, 3,"
+                " :offset, '', FALSE, '2026-01-01 12:00:00.000000',"
+                " '2026-01-01 12:05:00.000000', :done, :done)"
+            ),
+            [
+                {"id": UPLOAD_ID, "state": "COMPLETED", "offset": 3, "done": STAMP.format(4)},
+                {"id": TOMBSTONE_ID, "state": "ACTIVE", "offset": 1, "done": None},
+            ],
+        )
+    command.upgrade(config, "head")
+    sessions = db.make_sessionmaker(engine)
+    with sessions.begin() as session:
+        done = session.get_one(Upload, UPLOAD_ID)
+        active = session.get_one(Upload, TOMBSTONE_ID)
+        assert (done.verdict, done.verdict_reason, done.digest) == (Verdict.OK, None, None)
+        assert active.verdict is None and active.offset == 1
+        active.digest = "sha-256=:" + "A" * 43 + "=:"
+        active.verdict, active.verdict_reason = Verdict.CORRUPT, "a reason"
+    readers = db.make_readers(engine)
+    assert [upload.id for upload in listing.recent_completed(readers)] == [UPLOAD_ID]
+    command.downgrade(config, BEFORE_VERDICTS)
+    assert "verdict" not in {column["name"] for column in inspect(engine).get_columns("uploads")}
+    command.upgrade(config, "head")
+    with sessions.begin() as session:
+        assert session.get_one(Upload, UPLOAD_ID).verdict is Verdict.OK
+        assert session.get_one(Upload, TOMBSTONE_ID).state is UploadState.ACTIVE

@@ -629,3 +629,40 @@ def test_cleanup_on_s3_leaves_keys_outside_its_prefix(s3_app: Flask, clock: Cloc
 def test_a_store_without_prefix_refuses_to_scan(make_store: Callable[..., S3Store]) -> None:
     with pytest.raises(ValueError, match="no key prefix"):
         make_store(prefix="").scan()
+
+
+def test_head_reads_the_segments_of_an_upload_still_arriving(store: S3Store) -> None:
+    """The type gate's window on S3 (typegate.py): the first bytes of an upload with
+    no whole part yet, across the segments several PATCHes left."""
+    upload_id = "c" * 32
+    store.create(upload_id)
+    assert store.head(upload_id, 10) == b""
+    store.append(upload_id, 0, [b"MZ"])
+    store.append(upload_id, 2, [b"\x90\x00rest"])
+    assert store.head(upload_id, 4) == b"MZ\x90\x00"
+    assert store.head(upload_id, 100) == b"MZ\x90\x00rest"
+
+
+def test_the_type_gate_on_s3_judges_across_patches(
+    data_dir: Path, clock: Clock, database_url: str | None, s3_server: S3Server, s3_bucket: str
+) -> None:
+    from tests.test_gates import EXE, meta
+
+    app = create_app(
+        {
+            "DATA_DIR": str(data_dir),
+            "STORE": f"s3://{s3_bucket}/gated",
+            "S3_ENDPOINT_URL": s3_server.endpoint,
+            "ALLOWED_TYPES": "application/pdf",
+            **database_settings(database_url),
+        },
+        clock=clock,
+    )
+    try:
+        with app.test_client() as client:
+            url = create(client, len(EXE), **{"Upload-Metadata": meta(filetype="application/pdf")})
+            assert patch(client, url, 0, EXE[:10]) == 204
+            assert patch(client, url, 10, EXE[10:]) == 415
+            assert offset_of(client, url) == 10
+    finally:
+        close_app(app)

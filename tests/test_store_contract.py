@@ -179,3 +179,12 @@ def test_a_full_memory_store_keeps_what_fits_then_refuses() -> None:
     assert read(store, A) == b"aaa" + b"aaa"
     store.delete(B)
     assert store.append(A, 6, [b"more"]) == 10
+
+
+def test_head_reads_the_first_bytes_of_an_upload_still_arriving(store: Store) -> None:
+    store.create(A)
+    assert store.head(A, 10) == b""
+    store.append(A, 0, [b"abc"])
+    store.append(A, 3, [b"defg"])
+    assert store.head(A, 5) == b"abcde"
+    assert store.head(A, 100) == b"abcdefg"

@@ -31,11 +31,13 @@ from .outbox import Outbox
 from .overrides import MethodOverride
 from .parts import EXTENSION, Parts, parts
 from .quota import Quota
-from .records import Limits
+from .records import Limits, UploadInfo
 from .service import UploadService, utcnow
 from .storage import StoreUnavailable, UploadStore
 from .storage.filesystem import FileStore
 from .transfers import TransferMonitor
+from .typegate import TypeGate
+from .verdicts import Judge
 
 __all__ = ["check_reachable", "close_app", "create_app"]
 
@@ -95,6 +97,7 @@ def create_app(
         readers=readers,
         outbox=outbox,
         quota=Quota(sessions, open_bytes=settings.quota_bytes, open_files=settings.quota_files),
+        judge=_judge(TypeGate(settings.allowed_types), hooks, grants),
     )
     transfers = TransferMonitor(
         locker,
@@ -218,3 +221,24 @@ def close_app(app: Flask) -> None:
     closers = parts(app).closers
     while closers:  # each once, even when close_app is called again
         closers.pop(0)()
+
+
+def _judge(gate: TypeGate, hooks: Hooks, grants: GrantStore) -> Judge:
+    """The judge of bytes, whose gate for an upload is the server's narrowed by its
+    grant's types (``flask grant create --types``), so a PATCH and the finish hold an
+    upload to what its link allows, as its creation did (service.create)."""
+    judge = Judge(gate, hooks)
+    # A grant's types never change: asked once per grant and process (grants are few).
+    types: dict[str, tuple[str, ...]] = {}
+
+    def gate_for(upload: UploadInfo) -> TypeGate:
+        if upload.grant_id is None:
+            return gate
+        if upload.grant_id not in types:
+            grant = grants.get(upload.grant_id)
+            types[upload.grant_id] = grant.types if grant is not None else ()
+        allowed = types[upload.grant_id]
+        return gate & TypeGate(allowed) if allowed else gate
+
+    judge.gate_for = gate_for
+    return judge

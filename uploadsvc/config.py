@@ -129,6 +129,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # How many proxies in front set X-Forwarded-*; 0 trusts none of those headers.
     proxy_hops: int = 0
+    # Type gate (typegate.py): MIME patterns an upload must be ("image/*"); () is any.
+    allowed_types: tuple[str, ...] = ()
     # Operator hooks ("package.module:object") and a webhook URL for post-events.
     hooks: str | None = None
     webhook_url: str | None = None
@@ -223,6 +225,7 @@ class Settings:
             ),
             cors_origins=_origins(values, "CORS_ORIGINS"),
             proxy_hops=_non_negative_int(values, "PROXY_HOPS", 0),
+            allowed_types=_mime_patterns(values, "ALLOWED_TYPES"),
             hooks=_import_path(values, "HOOKS"),
             webhook_url=_http_url(values, "WEBHOOK_URL"),
             webhook_secret=_secret(values, "WEBHOOK_SECRET"),
@@ -427,6 +430,26 @@ def _origins(values: Mapping[str, Any], name: str) -> tuple[str, ...]:
         if origin != "*" and not _ORIGIN.fullmatch(origin):
             raise ConfigError(f"{PREFIX}{name}: {origin!r} is not '*' or scheme://host[:port]")
     return origins
+
+
+# type/subtype or type/* (RFC 6838 names), or */* for any; typegate.TypeGate reads them.
+_MIME_PATTERN = re.compile(
+    r"\*/\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/(\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126})"
+)
+
+
+def _mime_patterns(values: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = _raw(values, name)
+    if value is None:
+        return ()
+    patterns = tuple(item.strip().lower() for item in str(value).split(",") if item.strip())
+    for pattern in patterns:
+        if not _MIME_PATTERN.fullmatch(pattern):
+            raise ConfigError(
+                f"{PREFIX}{name}: {_shown(pattern)} is not a MIME type (type/subtype) or"
+                " a type/* pattern"
+            )
+    return patterns
 
 
 def _optional_positive_int(values: Mapping[str, Any], name: str) -> int | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 ALLOWED_METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
 ALLOWED_HEADERS = (
     "Authorization, Content-Type, Tus-Resumable, Upload-Length, Upload-Metadata, "
-    "Upload-Offset, Upload-Defer-Length, Upload-Concat, Upload-Checksum, "
+    "Upload-Offset, Upload-Defer-Length, Upload-Concat, Upload-Checksum, Repr-Digest, "
     "X-HTTP-Method-Override, X-Requested-With, X-Request-ID, "
     # Resumable Uploads for HTTP (tus-js-client's 'ietf-draft-*' protocols).
     "Upload-Draft-Interop-Version, Upload-Complete, Upload-Incomplete"
@@ -18,7 +18,7 @@ EXPOSED_HEADERS = (
     "Location, Upload-Offset, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size, "
     "Tus-Extension, Tus-Checksum-Algorithm, Upload-Metadata, Upload-Defer-Length, "
     "Upload-Concat, Upload-Expires, Content-Disposition, Content-Length, Content-Range, "
-    "ETag, Retry-After, X-Request-ID, "
+    "ETag, Retry-After, X-Request-ID, Repr-Digest, "
     "Upload-Complete, Upload-Incomplete, Upload-Limit, Upload-Draft-Interop-Version"
 )
 # Browsers cache a preflight this long (Chromium caps it at 2 hours).

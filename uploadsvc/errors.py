@@ -11,6 +11,7 @@ Everything below the views raises one of these; the views render them in one pla
       BodyIncomplete 400       InsufficientStorage 507 Forbidden 403
       BodyCut 503 (+ Retry-After)
       TooManyUploads 503 (+ Retry-After)
+      TypeRefused 415          DigestMismatch 460      UploadRefused 403
 """
 
 from __future__ import annotations
@@ -187,3 +188,28 @@ class TooManyUploads(TusError):
 
     status, reason, message = 503, "Service Unavailable", "too many uploads in flight; retry"
     retry_after = 5
+
+
+class TypeRefused(TusError):
+    """A type gate refused the upload: its declared type (at creation) or its bytes
+    (its first few KiB, when they arrive) are not of a type accepted here."""
+
+    status, reason, message = 415, "Unsupported Media Type", "this type of file is not accepted"
+
+
+class DigestMismatch(TusError):
+    """The whole file's bytes don't match the digest declared at its creation: the
+    upload is marked corrupt and never served (its bytes stay, for the operator)."""
+
+    status, reason, message = (
+        460,
+        "Checksum Mismatch",
+        "the upload's bytes do not match its declared digest; it is marked corrupt",
+    )
+
+
+class UploadRefused(TusError):
+    """The upload's finish gave it a verdict other than OK (corrupt, or rejected by a
+    type gate or a check hook): it is never served. DELETE still removes it."""
+
+    status, reason, message = 403, "Forbidden", "upload refused"

@@ -18,6 +18,16 @@ is instantiated) with any of these methods; a missing method is a no-op.
     pre_finish(upload) -> Mapping[str, str] | None
         Runs in the request that completes an upload; the headers it returns are added
         to that response.
+    inspect(upload, first_bytes) -> None
+        Runs once the first few KiB of an upload have arrived (typegate.SNIFF_BYTES,
+        or the whole upload when shorter), before any of them is stored, and again on
+        the stored bytes when it finishes. Raise ``Rejected`` to refuse: the request
+        that brought them stores none of its bytes (415 unless the hook says otherwise).
+    check(upload, reader) -> bool | None
+        Runs when an upload finishes, before post-finish, with its stored bytes as a
+        binary file (a virus scanner). Return False or raise ``Rejected`` and the
+        upload is marked rejected: never served, and its post-finish event says so.
+        A hook that fails otherwise rejects too (fail closed).
     post_create(upload), post_finish(upload), post_terminate(upload)
         Run after the fact, in a background thread of the process that made the
         change: they never delay a response. At most once: queued in memory, they are
@@ -41,7 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from .config import ConfigError
 from .errors import HookFailed, Rejected, TusError
@@ -211,6 +221,42 @@ class Hooks:
         except Exception:
             log.exception("pre_finish hook failed for upload %s; upload kept", upload.id)
             return {}
+
+    @property
+    def inspects(self) -> bool:
+        return self._method("inspect") is not None
+
+    @property
+    def checks(self) -> bool:
+        return self._method("check") is not None
+
+    def inspect(self, upload: UploadInfo, first_bytes: bytes) -> None:
+        hook = self._method("inspect")
+        if hook is None:
+            return
+        try:
+            hook(upload, first_bytes)
+        except TusError:
+            raise
+        except Exception:
+            log.exception("inspect hook failed for upload %s; its bytes refused", upload.id)
+            raise HookFailed("the server's inspect hook failed") from None
+
+    def check(self, upload: UploadInfo, reader: BinaryIO) -> str | None:
+        """The check hook's verdict on a finished upload's bytes: None when it lets
+        the upload be served, else why not."""
+        hook = self._method("check")
+        if hook is None:
+            return None
+        try:
+            if hook(upload, reader) is False:
+                return "refused by the check hook"
+        except TusError as error:
+            return error.message
+        except Exception:
+            log.exception("check hook failed for upload %s; rejected", upload.id)
+            return "the check hook failed"
+        return None
 
     def emit(self, event: str, upload: UploadInfo) -> None:
         """Tell listeners (metrics) at once, and queue the post-event for the hook;

@@ -13,7 +13,7 @@ from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import downloads, protocol
-from .models import Concat, Upload, UploadState
+from .models import Concat, Upload, UploadState, Verdict
 
 # At most this many rows are read for one listing, however many the caller drops.
 MAX_SCAN = 1000
@@ -53,6 +53,9 @@ def recent_completed_query(before: tuple[datetime, str] | None, scan: int) -> Se
     query = (
         select(Upload)
         .where(Upload.state == UploadState.COMPLETED)
+        # Only what a download would serve: never a corrupt or rejected upload (a
+        # finishing one, not judged yet, is judged by the download's finish).
+        .where(or_(Upload.verdict.is_(None), Upload.verdict == Verdict.OK))
         .where(or_(Upload.concat.is_(None), Upload.concat == Concat.FINAL))
         .order_by(Upload.completed_at.desc(), Upload.id.desc())
         .limit(max(1, min(scan, MAX_SCAN)))

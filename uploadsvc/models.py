@@ -27,6 +27,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 ID_LENGTH = 64
 # A grant's public id (grants.py): 12 hex digits; the longest a scope of quota_usage is.
 GRANT_ID_LENGTH = 32
+# "sha-512=:" + 88 base64 characters + ":" with room to spare.
+DIGEST_LENGTH = 128
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -51,6 +53,14 @@ class UploadState(enum.StrEnum):
     COMPLETED = "completed"  # offset == length; kept until retention says otherwise
     TERMINATED = "terminated"  # tombstone after DELETE: answers 410
     EXPIRED = "expired"  # tombstone after expiry cleanup: answers 410
+
+
+class Verdict(enum.StrEnum):
+    """What the finish decided about an upload's bytes (None until it ran)."""
+
+    OK = "ok"  # served
+    CORRUPT = "corrupt"  # its bytes don't match the whole-file digest declared for it
+    REJECTED = "rejected"  # a type gate or a check hook refused it: never served
 
 
 class Concat(enum.StrEnum):
@@ -102,6 +112,14 @@ class Upload(Base):
     grant_id: Mapped[str | None] = mapped_column(String(GRANT_ID_LENGTH), index=True)
     quota_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     quota_files: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The whole-file digest the client declared (Repr-Digest or the checksum metadata),
+    # as one Repr-Digest member, e.g. "sha-256=:<base64>:"; checked when it finishes.
+    digest: Mapped[str | None] = mapped_column(String(DIGEST_LENGTH))
+    # Set with ``finished_at``, by the same compare-and-set: only an OK upload is served.
+    verdict: Mapped[Verdict | None] = mapped_column(
+        Enum(Verdict, native_enum=False, length=16, validate_strings=True)
+    )
+    verdict_reason: Mapped[str | None] = mapped_column(Text)
 
     def expired_at(self, now: datetime) -> bool:
         """Whether this upload is past its expiry at ``now`` (see ``is_expired``)."""

@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import TusError
-from .models import Concat, Upload, UploadState
+from .models import Concat, Upload, UploadState, Verdict
 from .protocol import parse_metadata
 
-__all__ = ["Concat", "Limits", "UploadInfo", "UploadState", "upload_json"]
+__all__ = ["Concat", "Limits", "UploadInfo", "UploadState", "Verdict", "upload_json"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ class UploadInfo:
     finished_now: bool = False
     # The grant (upload link) that created it; None without one (grants.py).
     grant_id: str | None = None
+    # The declared whole-file digest (one Repr-Digest member), and what the finish
+    # decided (None until it ran; only OK is served).
+    digest: str | None = None
+    verdict: Verdict | None = None
+    verdict_reason: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -67,6 +72,9 @@ class UploadInfo:
             concat=row.concat,
             parts=parts,
             grant_id=row.grant_id,
+            digest=row.digest,
+            verdict=row.verdict,
+            verdict_reason=row.verdict_reason,
         )
 
 
@@ -91,4 +99,7 @@ def upload_json(upload: UploadInfo) -> dict[str, Any]:
         "completed_at": upload.completed_at.isoformat() if upload.completed_at else None,
         # The upload link it came from (flask grant list), None without one.
         "grant_id": upload.grant_id,
+        "digest": upload.digest,
+        "verdict": upload.verdict.value if upload.verdict else None,
+        "verdict_reason": upload.verdict_reason,
     }

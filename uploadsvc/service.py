@@ -21,7 +21,8 @@ from sqlalchemy import CursorResult, Select, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from . import checksums, db, protocol
+from . import checksums, db, protocol, verdicts
+from .digests import Digest
 from .errors import (
     BodyIncomplete,
     ChecksumMismatch,
@@ -37,16 +38,18 @@ from .errors import (
     UploadGone,
     UploadLocked,
     UploadNotFound,
+    UploadRefused,
     UploadTooLarge,
 )
 from .hooks import HookRequest, Hooks
 from .locking import Locker
-from .models import Concat, Upload, UploadPart, UploadState, is_expired
+from .models import Concat, Upload, UploadPart, UploadState, Verdict, is_expired
 from .outbox import Outbox
 from .quota import Quota
 from .records import Limits, UploadInfo
 from .storage import NotDurable, UploadStore
 from .storage.chained import chained
+from .typegate import TypeGate
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,13 @@ def _grant_id(request: HookRequest | None) -> str | None:
     return request.grant.id if request is not None and request.grant is not None else None
 
 
+def _grant_gate(request: HookRequest | None, gate: TypeGate | None) -> TypeGate | None:
+    """A creation's own type gate: the one given, or its grant's types (--types)."""
+    if gate is not None or request is None or request.grant is None:
+        return gate
+    return TypeGate(request.grant.types) if request.grant.types else None
+
+
 def named_by_live_finals() -> Select[str]:
     """The ids of partial uploads some live final upload names (their bytes are its)."""
     finals = aliased(Upload)
@@ -96,7 +106,8 @@ def _holds_its_bytes(partial: Upload) -> bool:
     if partial.length is None or partial.offset < partial.length:
         return False
     if partial.state is UploadState.COMPLETED:
-        return partial.finished_at is not None
+        # A partial its finish refused (corrupt, rejected) is no one's bytes.
+        return partial.finished_at is not None and partial.verdict in (None, Verdict.OK)
     return partial.state is UploadState.TERMINATED
 
 
@@ -153,6 +164,7 @@ class UploadService:
         readers: sessionmaker[Session] | None = None,
         quota: Quota | None = None,
         outbox: Outbox | None = None,
+        judge: verdicts.Judge | None = None,
     ) -> None:
         self.sessions = sessions
         # Read-only transactions (db.make_readers); the writers' sessions by default.
@@ -168,6 +180,8 @@ class UploadService:
         self.quota = quota
         # Webhook events, written in the transaction of the change (outbox.py).
         self.outbox = outbox or Outbox()
+        # Type gates, inspect and check hooks, whole-file digests (verdicts.py).
+        self.judge = judge or verdicts.Judge(TypeGate(), self.hooks)
 
     # -- creation ---------------------------------------------------------------------
 
@@ -178,15 +192,21 @@ class UploadService:
         *,
         partial: bool = False,
         request: HookRequest | None = None,
+        digest: Digest | None = None,
+        gate: TypeGate | None = None,
     ) -> UploadInfo:
         """Register a new upload (``length`` None: deferred) with an empty data file;
-        ``partial``: it is meant to be concatenated into a final upload."""
+        ``partial``: it is meant to be concatenated into a final upload; ``digest``:
+        the whole file's, checked when it finishes; ``gate``: a type gate of the
+        request's own, on top of the server's."""
         self._check_size(length)
         changes = self.hooks.pre_create(request, length, metadata)
         if changes.metadata is not None:
             metadata = changes.metadata
+        self.judge.at_creation(metadata, partial=partial, gate=_grant_gate(request, gate))
         row = self._new_row(length, metadata, Concat.PARTIAL if partial else None)
         row.grant_id = _grant_id(request)
+        row.digest = None if digest is None else digest.header()
         if changes.upload_id is not None:
             row.id = self._chosen_id(changes.upload_id)
         self._register(row)
@@ -230,6 +250,9 @@ class UploadService:
         # before the hooks, so they find one whole object (deleting the pieces).
         self._fence(info.id)
         self.store.finish(info.id)
+        # Judged from the stored bytes: type gate, digest, check hook (verdicts.py).
+        judgement = self.judge.at_finish(info, lambda: self._open_stored(info))
+        info = replace(info, verdict=judgement.verdict, verdict_reason=judgement.reason)
         info = replace(info, finish_headers=self.hooks.pre_finish(info))
         now = self.clock()
         with self.sessions.begin() as session:
@@ -240,7 +263,7 @@ class UploadService:
                     Upload.state == UploadState.COMPLETED,
                     Upload.finished_at.is_(None),
                 )
-                .values(finished_at=now)
+                .values(finished_at=now, verdict=info.verdict, verdict_reason=info.verdict_reason)
                 .execution_options(synchronize_session=False)
             )
             if cast("CursorResult[Any]", won).rowcount != 1:
@@ -295,6 +318,8 @@ class UploadService:
         metadata: dict[str, bytes | None],
         *,
         request: HookRequest | None = None,
+        digest: Digest | None = None,
+        gate: TypeGate | None = None,
     ) -> UploadInfo:
         """Register a final upload made of ``partial_ids`` (concatenation).
 
@@ -320,8 +345,10 @@ class UploadService:
         changes = self.hooks.pre_create(request, length, metadata)
         if changes.metadata is not None:
             metadata = changes.metadata
+        self.judge.at_creation(metadata, gate=_grant_gate(request, gate))
         row = self._new_row(length, metadata, Concat.FINAL)
         row.grant_id = _grant_id(request)
+        row.digest = None if digest is None else digest.header()
         if changes.upload_id is not None:
             row.id = self._chosen_id(changes.upload_id)
         # Holds no bytes (they are the partials'), but a final has data like any upload:
@@ -362,6 +389,8 @@ class UploadService:
             raise UploadGone(f"partial upload {partial.id} expired or terminated")
         if partial.concat is not Concat.PARTIAL:
             raise InvalidHeader(f"upload {partial.id} is not a partial upload")
+        if partial.verdict not in (None, Verdict.OK):
+            raise UploadRefused(f"partial upload {partial.id} was refused when it finished")
         if partial.length is None:
             raise InvalidHeader(f"partial upload {partial.id} has no length yet")
         return partial.length
@@ -440,7 +469,8 @@ class UploadService:
             if info.concat is Concat.FINAL:
                 # Its bytes are its partials' (download): its own data holds none, so
                 # there is nothing to reconcile; a finish left due is resumed.
-                return self._complete(info) if info.complete else self._assemble(upload_id)
+                info = self._complete(info) if info.complete else self._assemble(upload_id)
+                return verdicts.require_servable(info)
             if row.verifying and size > info.offset:
                 # Bytes of a checksummed PATCH that never got its verdict: dropped from
                 # the file first, so the file agrees with the row even if clearing the
@@ -461,7 +491,7 @@ class UploadService:
                     # next PATCH's transaction clears it before writing.
             # A finish left due (a crash, a failed request) is resumed by the next look.
             info = self._complete(info)
-        return self._after_finish(info)
+        return verdicts.require_servable(self._after_finish(info))
 
     def download(self, upload_id: str) -> tuple[UploadInfo, BinaryIO]:
         """A completed upload and its bytes, opened for reading.
@@ -481,6 +511,7 @@ class UploadService:
             # Finishing (its finish broke off): finish it first, so its bytes are whole
             # and post-finish has run before anyone downloads it.
             info = self.info(upload_id)
+        verdicts.require_servable(info)
         try:
             # A final made before finals stopped copying holds its bytes itself.
             if info.concat is Concat.FINAL and self.store.size(upload_id) != info.length:
@@ -496,6 +527,16 @@ class UploadService:
             return {}
         query = select(Upload.id, Upload.length).where(Upload.id.in_(wanted))
         return {upload_id: length or 0 for upload_id, length in session.execute(query)}
+
+    def _open_stored(self, info: UploadInfo) -> BinaryIO:
+        """A complete upload's bytes as ``download`` reads them (a final's through its
+        partials'), for the finish's checks."""
+        if info.concat is Concat.FINAL and self.store.size(info.id) != info.length:
+            with self.readers.begin() as session:
+                parts = info.parts or self._parts(session, self._load_row(session, info.id))
+                lengths = self._lengths(session, parts)
+            return self._open_parts(parts, lengths)
+        return self.store.open(info.id)
 
     def _open_parts(self, parts: tuple[str, ...], lengths: dict[str, int]) -> BinaryIO:
         """A final's bytes: its partials', one after another, as one seekable file.
@@ -559,7 +600,7 @@ class UploadService:
             # Once the lock is released, on success and on error alike.
             if settled is not None:
                 self._after_finish(settled)
-        return settled
+        return verdicts.require_servable(settled, wrote_last=True)
 
     def _write(
         self,
@@ -587,6 +628,7 @@ class UploadService:
 
         with self.sessions.begin() as session:
             row = self._load_row(session, upload_id)
+            verdicts.require_servable(UploadInfo.of(row))
             known.value = self._reconcile_row(row, known.value)
             if row.concat is Concat.FINAL:
                 raise Forbidden("a final upload is made by concatenation, not PATCH")
@@ -617,15 +659,22 @@ class UploadService:
             # Declaring the length completed it, or it was complete already.
             return before
         guard = _BodyGuard(limit, verifier)
+        body = guard.wrap(metered)
+        # The type gate and inspect hook see the first bytes before they are stored.
+        window = self.judge.window(before, offset, lambda n: self.store.head(upload_id, n))
+        if window is not None:
+            body = window.wrap(body)
         # Still ours? An S3 append begins by deleting stale segments.
         self._fence(upload_id)
         landed: int | None = None
         known.value = None  # whatever the append does, until it is recorded
         try:
-            landed = self.store.append(upload_id, offset, guard.wrap(metered))
+            landed = self.store.append(upload_id, offset, body)
             verifier.body_ended()
         except TusError as error:
-            info = record(verified=not verify, landed=landed)
+            # Bytes the window refused take the whole request's with them.
+            refused = window is not None and window.refused
+            info = record(verified=not verify and not refused, landed=landed)
             error.offset = info.offset
             raise
         except OSError as error:

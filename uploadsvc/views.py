@@ -14,7 +14,18 @@ from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as ResponseBase
 from werkzeug.wsgi import FileWrapper, wrap_file
 
-from . import body, checksums, connection, cors, db, downloads, protocol, resumable
+from . import (
+    body,
+    checksums,
+    connection,
+    cors,
+    db,
+    digests,
+    downloads,
+    protocol,
+    resumable,
+    verdicts,
+)
 from .callers import FILES_PATH, hook_request, known_caller
 from .config import Settings
 from .errors import (
@@ -25,7 +36,7 @@ from .errors import (
     UploadTooLarge,
 )
 from .parts import parts
-from .records import Concat, UploadInfo
+from .records import Concat, UploadInfo, Verdict
 from .service import UploadService
 
 log = logging.getLogger(__name__)
@@ -120,12 +131,17 @@ def create() -> Response:
     headers = request.headers
     metadata = protocol.parse_metadata(headers.get("Upload-Metadata"))
     concat = protocol.parse_concat(headers.get("Upload-Concat"))
+    # The whole file's digest, checked when it finishes (digests.py).
+    digest = digests.declared(headers.get(digests.HEADER), metadata)
     svc = service()
     if concat is not None and concat.final:
         if "Upload-Length" in headers or "Upload-Defer-Length" in headers:
             raise InvalidHeader("a final upload's length is computed: send no Upload-Length")
         info = svc.create_final(
-            [_partial_id(url) for url in concat.urls], metadata, request=hook_request()
+            [_partial_id(url) for url in concat.urls],
+            metadata,
+            request=hook_request(),
+            digest=digest,
         )
         return _created(info)
     length = protocol.parse_creation_length(
@@ -139,7 +155,9 @@ def create() -> Response:
     first_part = body.content_length(request.environ) if with_upload else None
     if length is not None and first_part is not None and first_part > length:
         raise UploadTooLarge("the body is longer than Upload-Length")
-    info = svc.create(length, metadata, partial=concat is not None, request=hook_request())
+    info = svc.create(
+        length, metadata, partial=concat is not None, request=hook_request(), digest=digest
+    )
     if not with_upload:
         return _created(info)
     try:
@@ -172,7 +190,14 @@ def head(upload_id: str) -> Response:
     elif info.concat is Concat.FINAL:
         response.headers["Upload-Concat"] = "final;" + " ".join(map(_location, info.parts))
     response.headers["Cache-Control"] = "no-store"
+    _verified_digest(response, info)
     return response
+
+
+def _verified_digest(response: ResponseBase, info: UploadInfo) -> None:
+    """A declared digest, once the finish checked it, for downloaders to check too."""
+    if info.digest is not None and info.verdict is Verdict.OK:
+        response.headers[digests.HEADER] = info.digest
 
 
 @bp.route("/<upload_id>", methods=["GET"])
@@ -192,6 +217,7 @@ def download(upload_id: str) -> ResponseBase:
     # Even an allowed type never runs scripts or loads anything in our origin.
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     response.set_etag(f"{info.id}-{info.offset}")  # a completed upload never changes
+    _verified_digest(response, info)
     response.last_modified = info.completed_at
     response.cache_control.no_cache = True
     try:
@@ -317,6 +343,13 @@ def _upload_response(info: UploadInfo, status: int) -> Response:
 
 
 def _created(info: UploadInfo) -> Response:
+    try:
+        # Complete at birth (a final, Upload-Length 0) and refused by its finish.
+        verdicts.require_servable(info, wrote_last=True)
+    except TusError as error:
+        response = _error_response(error)
+        response.headers["Location"] = _location(info.id)
+        return response
     response = _upload_response(info, 201)
     response.headers["Location"] = _location(info.id)
     # A creation that completed it (Upload-Length 0, a final made at once) finished it.

@@ -8,7 +8,8 @@
 //         throttle (upload bytes/s while pausing and reloading), pauseAt, reloadAt
 //         (percent of files[0]); mode "signal" uploads files[0] throttled and, at
 //         signal.atPercent, sends signal.name to signal.pid (a gunicorn reload), then
-//         waits for the page to finish on its own
+//         waits for the page to finish on its own; mode "refused" picks files[0]
+//         and reports the text of its row once the page shows it failed
 //
 // The last stdout line is the JSON result ({"ok": true|false, ...}); exit status 0 iff ok.
 // The system's Chromium only: never `playwright install`.
@@ -181,6 +182,19 @@ async function simpleRun(page) {
   return { url, link, listed, fetched }
 }
 
+// Mode "refused": files[0] is one the server must refuse; the row's error text.
+async function refusedRun(page) {
+  await page.setInputFiles('#file', spec.files[0])
+  await page.waitForFunction(
+    (selector) => document.querySelector(selector)?.dataset.status === 'error',
+    row(BIG),
+    { timeout: STEP_MS, polling: 50 },
+  )
+  const text = await page.locator(row(BIG)).textContent()
+  await screenshot(page, 'refused.png')
+  return { text }
+}
+
 async function main() {
   const context = await chromium.launchPersistentContext(spec.userDataDir, {
     executablePath: spec.executablePath,
@@ -220,7 +234,11 @@ async function main() {
     if (!ready) throw new Error('tus-js-client did not load in the page')
     const cdp = await context.newCDPSession(page)
     await cdp.send('Network.enable')
-    const runs = { simple: () => simpleRun(page), signal: () => signalRun(page, cdp) }
+    const runs = {
+      simple: () => simpleRun(page),
+      signal: () => signalRun(page, cdp),
+      refused: () => refusedRun(page),
+    }
     const result = await (runs[spec.mode] ?? (() => fullRun(page, cdp)))()
     return { ok: true, ...result }
   } catch (err) {

@@ -9,7 +9,7 @@ one file each; a partial counts its bytes but no file, a final one file but no b
 is already there, and what they hold is freed once when they go.
 
 Revision ID: 0006
-Revises: 0005 (the lead rewires this at merge)
+Revises: 0005
 Create Date: 2026-12-06
 """
 

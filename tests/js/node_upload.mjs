@@ -10,7 +10,8 @@
 //   upload        one upload of spec.path (source "file", "buffer" or "stream"),
 //                 optional chunkSize, deferred length, parallelUploads,
 //                 uploadDataDuringCreation; spec.rate limits each PATCH body (bytes per
-//                 second, file source); spec.signal {pid, name, atBytes} sends that
+//                 second, file source); spec.headers are sent with every request;
+//                 spec.signal {pid, name, atBytes} sends that
 //                 signal to pid once, when the upload's progress reaches atBytes
 //   abort-resume  upload at a limited rate, abort() once spec.abortAt bytes went out,
 //                 then finish with a new Upload (spec.resumeVia: "uploadUrl" or "storage")
@@ -240,7 +241,13 @@ async function modeUpload() {
       }
     }
   }
-  const done = await runUpload(openSource(spec.source ?? 'file', spec.path), options)
+  let done
+  try {
+    done = await runUpload(openSource(spec.source ?? 'file', spec.path), options)
+  } catch (err) {
+    // A refusal, with what was asked and answered before it (the tests read both).
+    return { ok: false, error: describeError(err), requests: recorder.requests }
+  }
   return { ok: true, ...done, signalled, requests: recorder.requests, retries: recorder.retries }
 }
 

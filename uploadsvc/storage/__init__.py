@@ -54,6 +54,11 @@ class UploadStore(Protocol):
         """The upload's bytes, for reading: a seekable file (ranged downloads)."""
         ...
 
+    def head(self, upload_id: str, size: int) -> bytes:
+        """The first ``size`` bytes of an upload still arriving (at most the bytes
+        stored; ``size`` is small: the type gate's window, typegate.SNIFF_BYTES)."""
+        ...
+
     def delete(self, upload_id: str) -> None:
         """Remove the data; idempotent."""
         ...

@@ -124,6 +124,10 @@ class FileStore:
     def open(self, upload_id: str) -> BinaryIO:
         return self._path(upload_id).open("rb")
 
+    def head(self, upload_id: str, size: int) -> bytes:
+        with self._path(upload_id).open("rb") as file:
+            return file.read(size)
+
     def delete(self, upload_id: str) -> None:
         self._path(upload_id).unlink(missing_ok=True)
 

@@ -100,6 +100,10 @@ class MemoryStore:
         with self._guard:
             return io.BytesIO(bytes(self._bytes(upload_id)))
 
+    def head(self, upload_id: str, size: int) -> bytes:
+        with self._guard:
+            return bytes(self._bytes(upload_id)[:size])
+
     def delete(self, upload_id: str) -> None:
         self._check_id(upload_id)
         with self._guard:

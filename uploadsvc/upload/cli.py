@@ -22,6 +22,7 @@ from .transfer import (
     EXIT_OK,
     RETRY_DELAYS,
     USER_AGENT,
+    FileDigest,
     FileProblem,
     Options,
     ServerInfo,
@@ -167,7 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verify",
         action="store_true",
-        help="after each upload, download the stored bytes and compare (sha256)",
+        help="after each upload, download the stored bytes and compare (sha256, and the"
+        " Repr-Digest the server verified)",
+    )
+    parser.add_argument(
+        "--no-digest",
+        dest="digest",
+        action="store_false",
+        help="don't declare the file's sha-256 (Repr-Digest) when creating an upload; by"
+        " default the server checks the whole file against it when the upload completes",
     )
     parser.add_argument(
         "--state",
@@ -281,6 +290,7 @@ class Run:
             raise FileProblem(f"cannot read: {error.strerror or error}") from None
         progress = Progress(path.name, stat.st_size, sys.stderr, enabled=self.show_progress)
         with stream:
+            digest = FileDigest(stream) if self.args.digest or self.args.verify else None
             uploader = Uploader(
                 endpoint,
                 stream,
@@ -292,6 +302,7 @@ class Run:
                 storage=self.state,
                 key=key,
                 notify=lambda message: self.notice(progress, f"{path}: {message}"),
+                digest=digest if self.args.digest else None,
             )
             try:
                 resumed_from = None if self.args.fresh else uploader.resume()
@@ -310,7 +321,7 @@ class Run:
             if self.args.verify:
                 if self.show_progress:
                     sys.stderr.write(f"{path.name}: verifying...\r")
-                verify(self.session, url, stream, self.options)
+                verify(self.session, url, stream, self.options, digest)
         return Outcome(url, stat.st_size, progress.sent, resumed_from, progress.elapsed)
 
     def run(self) -> int:

@@ -10,11 +10,15 @@ encoding, the chunk loop (``Uploader.upload``), each PATCH's headers and its
 - a retry policy like tus-js-client's: network errors, 5xx, 409, 423, 429 and 460 are
   retried after 0, 1, 3 and 5 s, re-reading the offset with HEAD before going on (the
   server's offset is the truth); the count starts over whenever the upload progresses;
-- refusals become exceptions carrying the server's own words and an exit status.
+- refusals become exceptions carrying the server's own words and an exit status;
+- the whole file's sha-256, declared at creation as RFC 9530 ``Repr-Digest``: the
+  server checks it when the upload completes (460 and never served on a mismatch), and
+  ``--verify`` compares it with what the server shows and serves.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import time
@@ -310,7 +314,9 @@ class Uploader(_TusUploader):  # type: ignore[misc]
         key: str,
         sleep: Callable[[float], None] = time.sleep,
         notify: Callable[[str], None] = lambda message: None,
+        digest: FileDigest | None = None,
     ) -> None:
+        self.digest = digest
         self.session = session
         self.options = options
         self.progress = progress
@@ -386,6 +392,13 @@ class Uploader(_TusUploader):  # type: ignore[misc]
 
     # -- creating and sending ---------------------------------------------------------
 
+    def get_url_creation_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = super().get_url_creation_headers()
+        if self.digest is not None:
+            # Read only now: a resumed upload was declared when it was created.
+            headers["Repr-Digest"] = self.digest.header()
+        return headers
+
     def create_url(self) -> str:
         def attempt() -> str:
             endpoint: str = self.client.url
@@ -441,15 +454,54 @@ class _Done:
         self.response_headers = {"upload-offset": str(offset)}
 
 
+class FileDigest:
+    """The sha-256 of a whole file, read once, when first asked (a fresh upload's
+    creation, or ``--verify``)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._value: bytes | None = None
+
+    def value(self) -> bytes:
+        if self._value is None:
+            hasher = hashlib.sha256()
+            position = self._stream.tell()
+            self._stream.seek(0)
+            for block in iter(lambda: self._stream.read(VERIFY_BLOCK), b""):
+                hasher.update(block)
+            self._stream.seek(position)
+            self._value = hasher.digest()
+        return self._value
+
+    def header(self) -> str:
+        """As an RFC 9530 Repr-Digest value: ``sha-256=:<base64>:``."""
+        return f"sha-256=:{base64.b64encode(self.value()).decode()}:"
+
+
+def shown_digest(value: str | None) -> bytes | None:
+    """The sha-256 a server's ``Repr-Digest`` shows, if it shows one."""
+    match = re.search(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]*):", value or "")
+    if match is None:
+        return None
+    try:
+        return base64.b64decode(match.group(1), validate=True)
+    except ValueError:
+        return None
+
+
 def verify(
-    session: requests.Session, url: str, stream: BinaryIO, options: Options
+    session: requests.Session,
+    url: str,
+    stream: BinaryIO,
+    options: Options,
+    digest: FileDigest | None = None,
 ) -> tuple[str, str]:
     """Download the stored bytes and compare them with ``stream``; return both sha256s,
-    raising ``VerifyFailed`` when they differ."""
-    local = hashlib.sha256()
-    stream.seek(0)
-    for block in iter(lambda: stream.read(VERIFY_BLOCK), b""):
-        local.update(block)
+    raising ``VerifyFailed`` when they differ, or when the server shows a verified
+    ``Repr-Digest`` other than the file's."""
+    local_digest = (digest or FileDigest(stream)).value()
+    local = _Known(local_digest)
+    shown: bytes | None = None
     remote = hashlib.sha256()
     headers = {"Tus-Resumable": TUS_VERSION, **(options.headers or {})}
     retry = Retry(options.retry_delays)
@@ -461,6 +513,7 @@ def verify(
             )
             with response:
                 check(response, "GET (verify)")
+                shown = shown_digest(response.headers.get("Repr-Digest"))
                 for block in response.iter_content(VERIFY_BLOCK):
                     remote.update(block)
             break
@@ -473,4 +526,19 @@ def verify(
             f"VERIFY FAILED: the server's copy differs (sha256 {remote.hexdigest()}, "
             f"local file {local.hexdigest()})"
         )
+    if shown is not None and shown != local_digest:
+        raise VerifyFailed(
+            f"VERIFY FAILED: the server's Repr-Digest (sha256 {shown.hex()}) is not the"
+            f" local file's ({local.hexdigest()})"
+        )
     return local.hexdigest(), remote.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A digest already computed, read like a hashlib object."""
+
+    digest: bytes
+
+    def hexdigest(self) -> str:
+        return self.digest.hex()
