@@ -20,7 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.conftest import OCTET, TUS, Clock, Receiver, database_settings, service
+from tests.conftest import OCTET, TUS, Clock, Receiver, database_settings, service, settle
 from tests.hookmods import gatekeeper
 from tests.test_concat import final
 from tests.test_views import create, head, patch, stored
@@ -77,7 +77,7 @@ def app(data_dir: Path, clock: Clock, database_url: str | None, receiver: str) -
 
 
 def finish_event(app: Flask, upload_id: str) -> dict[str, Any]:
-    service(app).hooks.drain(timeout=15)
+    settle(app)
     events = [
         payload["upload"]
         for payload in Receiver.received
