@@ -19,17 +19,20 @@ from . import cli, db, ops
 from .clientslots import ClientSlots
 from .config import PREFIX, ConfigError, Settings
 from .connection import AnnouncedCloses
+from .feed import Feed
 from .hooks import Hooks, load_hooks
 from .locking import Locker
 from .locking.filelock import FileLocker
 from .metrics import Metrics
 from .overrides import MethodOverride
 from .parts import EXTENSION, Parts, parts
+from .progress import ProgressReporter
 from .records import Limits
 from .service import UploadService, utcnow
 from .storage import StoreUnavailable, UploadStore
 from .storage.filesystem import FileStore
-from .transfers import TransferMonitor
+from .transfers import ANSWERS, TransferMonitor
+from .watching import Watching, local_disk
 
 __all__ = ["check_reachable", "close_app", "create_app"]
 
@@ -79,14 +82,35 @@ def create_app(
         hooks=hooks,
         readers=readers,
     )
+    progress = ProgressReporter(
+        sessions,
+        clock=clock,
+        on_failure=metrics.upload_failed,
+        on_flows=metrics.bodies_in_flight.set,
+    )
+    metrics.webhook_backlog_from(hooks.pending)
+    for kind in ANSWERS:  # every reason a body ends, at 0 from the start (dashboards)
+        metrics.stopped_bodies.labels(kind)
+
+    def received(count: int) -> None:
+        metrics.bytes_received.inc(count)
+        progress.count(count)
+
     transfers = TransferMonitor(
         locker,
         read_timeout=settings.read_timeout,
-        on_bytes=metrics.bytes_received.inc,
+        on_bytes=received,
         on_stop=metrics.body_stopped,
         min_rate=settings.min_rate,
         rate_window=settings.min_rate_window,
         rate_grace=settings.min_rate_grace,
+    )
+    progress.flows = transfers.flows
+    watching = Watching(
+        readers,
+        clock,
+        stall_after=settings.stall_after,
+        disk=(lambda: None) if settings.s3_bucket is not None else local_disk(settings.files_dir),
     )
     app.extensions[EXTENSION] = Parts(
         settings=settings,
@@ -100,13 +124,17 @@ def create_app(
         transfers=transfers,
         metrics=metrics,
         client_slots=ClientSlots(settings.max_uploads_per_client),
+        progress=progress,
+        watching=watching,
+        feed=Feed(watching.changes, clock, max_watchers=settings.admin_watchers),
         closers=closers,
     )
 
-    from . import views, web
+    from . import admin, views, web
 
     app.register_blueprint(views.bp)
     web.init_app(app)
+    admin.init_app(app)
     ops.init_app(app)
     cli.init_app(app)
     app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]

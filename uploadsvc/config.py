@@ -46,6 +46,17 @@ DEFAULT_MIN_RATE_GRACE = 10.0
 # behind one NAT address still uploads 32 files at a time per worker.
 DEFAULT_MAX_UPLOADS_PER_CLIENT = 32
 MAX_SLOW_CLIENT_SECONDS = 3600.0
+# The operator view (/admin, README "Watching it run"), on only with a token. A token is
+# a password an operator types or a script sends as a bearer: long enough not to guess.
+MIN_ADMIN_TOKEN_LENGTH = 16
+# An unfinished upload that got no byte for this long is marked stalled; by default the
+# minimum rate's window (a body that slow is about to be ended anyway).
+DEFAULT_STALL_AFTER = DEFAULT_MIN_RATE_WINDOW
+# Event streams (/admin/events) per worker, each holding a thread, and how long one lasts
+# before the browser reconnects (EventSource does by itself): a watcher costs a bounded
+# number of threads for a bounded time.
+DEFAULT_ADMIN_WATCHERS = 4
+DEFAULT_ADMIN_STREAM_SECONDS = 300.0
 # Expired and terminated uploads stay as tombstones (their URLs answer 410, not 404) for
 # a week, so a client back from a long absence learns its upload is gone, not unknown.
 DEFAULT_TOMBSTONE_TTL = 7 * 24 * 60 * 60
@@ -137,6 +148,11 @@ class Settings:
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
     s3_part_size: int = DEFAULT_S3_PART_SIZE
+    # The operator view: off without a token (see the defaults above).
+    admin_token: str | None = None
+    stall_after: float = DEFAULT_STALL_AFTER
+    admin_watchers: int = DEFAULT_ADMIN_WATCHERS
+    admin_stream_seconds: float = DEFAULT_ADMIN_STREAM_SECONDS
 
     @property
     def postgres(self) -> bool:
@@ -207,6 +223,14 @@ class Settings:
             s3_prefix=s3_prefix,
             s3_endpoint_url=_http_url(values, "S3_ENDPOINT_URL"),
             s3_part_size=s3_part_size,
+            admin_token=_admin_token(values, "ADMIN_TOKEN"),
+            stall_after=_seconds_within(
+                values, "STALL_AFTER", DEFAULT_STALL_AFTER, allow_zero=False
+            ),
+            admin_watchers=_int_between(values, "ADMIN_WATCHERS", DEFAULT_ADMIN_WATCHERS, 1, 64),
+            admin_stream_seconds=_seconds_within(
+                values, "ADMIN_STREAM_SECONDS", DEFAULT_ADMIN_STREAM_SECONDS, allow_zero=False
+            ),
         )
 
     @classmethod
@@ -356,6 +380,23 @@ def _import_path(values: Mapping[str, Any], name: str) -> str | None:
     text = str(value).strip()
     if not _IMPORT_PATH.fullmatch(text):
         raise ConfigError(f"{PREFIX}{name}: {text!r} is not 'package.module:object'")
+    return text
+
+
+def _admin_token(values: Mapping[str, Any], name: str) -> str | None:
+    """Printable ASCII without spaces (it travels in a header and a form), at least
+    ``MIN_ADMIN_TOKEN_LENGTH`` characters; the message never repeats it."""
+    value = _raw(values, name)
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not re.fullmatch(r"[\x21-\x7e]+", text):
+        raise ConfigError(f"{PREFIX}{name}: use printable ASCII characters without spaces")
+    if len(text) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"{PREFIX}{name}: must be at least {MIN_ADMIN_TOKEN_LENGTH} characters long"
+            " (e.g. openssl rand -hex 24)"
+        )
     return text
 
 

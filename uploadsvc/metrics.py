@@ -9,17 +9,17 @@ used. The number of uploads in each state is read from the registry at scrape ti
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import Upload, UploadState
+from .models import FAILURE_REASONS, Upload, UploadState
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Upload requests last from milliseconds (HEAD) to many minutes (a big PATCH).
@@ -63,11 +63,30 @@ class UploadStates(Collector):
         yield gauge
 
 
+class WebhookBacklog(Collector):
+    """``uploadsvc_webhook_backlog``: post-events waiting to be delivered, read when
+    scraped from ``count`` (``Metrics.webhook_backlog_from``). Today that is the queue of
+    the worker answering the scrape; an outbox in the registry counts its undelivered
+    rows instead, the same whichever worker answers."""
+
+    def __init__(self) -> None:
+        self.count: Callable[[], int] = lambda: 0
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "uploadsvc_webhook_backlog", "Post-events (hooks, webhook) not yet delivered."
+        )
+        gauge.add_metric([], self.count())
+        yield gauge
+
+
 class Metrics:
     def __init__(self, readers: sessionmaker[Session]) -> None:
         self.registry = CollectorRegistry()
         self.states = UploadStates(readers)
         self.registry.register(self.states)
+        self.backlog = WebhookBacklog()
+        self.registry.register(self.backlog)
         registry = self.registry
         self.uploads = Counter(
             "uploadsvc_upload_events",
@@ -105,6 +124,36 @@ class Metrics:
             registry=registry,
         )
 
+        self.failures = Counter(
+            "uploadsvc_upload_failures",
+            "Upload failures by reason (checksum, disk_full, storage, quota, type, digest).",
+            ["reason"],
+            registry=registry,
+        )
+        # Every reason from the start: a dashboard's query finds the series at 0.
+        for reason in FAILURE_REASONS:
+            if reason != "expired":  # read from the registry: uploadsvc_uploads{state}
+                self.failures.labels(reason)
+        for event in ("create", "finish", "terminate"):
+            self.uploads.labels(event)
+        for outcome in ("acquired", "timed_out"):
+            self.lock_waits.labels(outcome)
+        # Bodies being read now, summed over the live workers (set by progress.py's
+        # reporter about once a second, so the request path pays nothing for it).
+        self.bodies_in_flight = Gauge(
+            "uploadsvc_bodies_in_flight",
+            "PATCH and POST bodies being received now.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+
+    def webhook_backlog_from(self, count: Callable[[], int]) -> None:
+        """Where ``uploadsvc_webhook_backlog`` comes from (the outbox plugs in here)."""
+        self.backlog.count = count
+
+    def upload_failed(self, reason: str) -> None:
+        self.failures.labels(reason).inc()
+
     def upload_event(self, event: str, upload: object) -> None:
         self.uploads.labels(event.removeprefix("post-")).inc()
 
@@ -124,4 +173,5 @@ class Metrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         registry.register(self.states)
+        registry.register(self.backlog)
         return generate_latest(registry)

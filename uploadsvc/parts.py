@@ -17,12 +17,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .clientslots import ClientSlots
 from .config import Settings
+from .feed import Feed
 from .hooks import Hooks
 from .locking import Locker
 from .metrics import Metrics
+from .progress import ProgressReporter
 from .service import UploadService
 from .storage import UploadStore
 from .transfers import TransferMonitor
+from .watching import Watching
 
 # The app.extensions key: Flask's convention is the extension's name.
 EXTENSION = "uploadsvc"
@@ -41,6 +44,11 @@ class Parts:
     transfers: TransferMonitor
     metrics: Metrics
     client_slots: ClientSlots
+    # Progress, bytes per minute and failures, written to the registry for /admin.
+    progress: ProgressReporter
+    # The operator view's reads (watching.py) and this worker's live feed (feed.py).
+    watching: Watching
+    feed: Feed
     # What close_app releases (engine, lock connections, S3 client), in order.
     closers: list[Callable[[], None]]
 
