@@ -110,7 +110,7 @@ class Overview:
     stall_after: float
     in_flight: list[InFlight]
     idle_unfinished: int  # unfinished uploads not listed (idle over IN_FLIGHT_WINDOW)
-    held_bytes: int  # stored by unfinished uploads
+    held_bytes: int  # stored by unfinished uploads (bodies in flight included)
     disk: Disk | None  # None: not on a local disk (S3)
     completions: list[Ended]
     failures: list[Ended]
@@ -248,7 +248,8 @@ class Watching:
             stall_after=self.stall_after,
             in_flight=in_flight,
             idle_unfinished=max(int(unfinished) - len(in_flight), 0),
-            held_bytes=int(held),
+            # Bodies streaming now have written past the recorded offset already.
+            held_bytes=int(held) + sum(u.position - u.offset for u in in_flight),
             disk=self.disk(),
             completions=completions,
             failures=failures[:MAX_RECENT],
