@@ -232,7 +232,7 @@ def test_changes_are_events(admin: FlaskClient, admin_app: Flask, clock: Clock) 
         (kind, subject if kind != "minute" else None) for kind, subject in kinds
     }
     # Nothing changed since: nothing but the chart's current minutes.
-    now, events = watching.changes(clock())
+    _, events = watching.changes(clock())
     assert {event["type"] for event in events} <= {"minute"}
 
 
