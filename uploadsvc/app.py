@@ -88,6 +88,7 @@ def create_app(
         on_failure=metrics.upload_failed,
         on_flows=metrics.bodies_in_flight.set,
     )
+    closers.insert(0, progress.close)  # before the engine goes
     metrics.webhook_backlog_from(hooks.pending)
     for kind in ANSWERS:  # every reason a body ends, at 0 from the start (dashboards)
         metrics.stopped_bodies.labels(kind)

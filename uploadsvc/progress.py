@@ -115,6 +115,7 @@ class ProgressReporter:
         self._trimmed = 0.0
         # False: no thread; whoever built it calls ``report`` (tests do).
         self.autostart = True
+        self._closed = threading.Event()
 
     # -- called by request threads: counting only -------------------------------------
 
@@ -143,8 +144,15 @@ class ProgressReporter:
 
     # -- the reporter thread ----------------------------------------------------------
 
+    def close(self) -> None:
+        """Stop the thread (``close_app``): no report after the registry is gone."""
+        self._closed.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
     def _start(self) -> None:
-        if not self.autostart:
+        if not self.autostart or self._closed.is_set():
             return
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
@@ -157,8 +165,7 @@ class ProgressReporter:
             self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
+        while not self._closed.wait(self.interval):
             try:
                 self.report()
             except Exception:
