@@ -244,8 +244,13 @@ def test_the_feed_sends_each_change_once(admin_app: Flask) -> None:
         event = {"type": "progress", "id": "x", "position": 1}
         feed.publish([event])
         feed.publish([event, {"type": "progress", "id": "x", "position": 2}])
+        # Creation (and the other one-time events) once, even when their content moved on
+        # (a terminated upload must not come back as created).
+        feed.publish([{"type": "created", "upload": {"id": "y", "stalled": False}}])
+        feed.publish([{"type": "created", "upload": {"id": "y", "stalled": True}}])
         got = watcher.next(timeout=0.1)
         assert [e["position"] for e in got if e.get("id") == "x"] == [1, 2]
+        assert [e["type"] for e in got if e.get("upload", {}).get("id") == "y"] == ["created"]
     finally:
         watcher.close()
 

@@ -9,7 +9,8 @@ costs a bounded number of threads for a bounded time (admin.py ends every stream
 The source is one function, ``since -> (now, events)`` (``Watching.changes`` reads the
 registry): every worker and host asks the same registry, so all show the same. Rows are
 stamped before they commit, so each ask reaches back ``OVERLAP`` before the previous
-answer, and an event already sent with the same content is not sent again.
+answer, and an event already sent is not sent again (progress and the chart's minutes
+again only when they changed).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ POLL_INTERVAL = 1.0
 OVERLAP = timedelta(seconds=3)
 # Events a watcher may have waiting; past it (a stalled reader) it is told to reload.
 MAX_WAITING = 2000
+
+
+_CHANGING = frozenset({"progress", "minute"})
 
 
 def _key(event: dict[str, Any]) -> str:
@@ -127,7 +131,9 @@ class Feed:
         fresh = []
         for event in events:
             key, content = _key(event), json.dumps(event, sort_keys=True)
-            if self._sent.get(key, ("", 0.0))[0] == content:
+            sent = self._sent.get(key)
+            # Progress and the chart are sent again when they change; the rest once.
+            if sent is not None and (sent[0] == content or event["type"] not in _CHANGING):
                 continue
             self._sent[key] = (content, mono)
             fresh.append(event)

@@ -340,17 +340,16 @@ class Watching:
                         "streaming": True,
                     }
                 )
-            for failure in session.scalars(
+            failures = session.scalars(
                 select(UploadFailure).where(UploadFailure.at > since).order_by(UploadFailure.at)
-            ):
-                events.append(
-                    {
-                        "type": "failed",
-                        "upload": Ended(
-                            failure.upload_id, "", None, failure.at, failure.reason, failure.detail
-                        ).json(),
-                    }
+            ).all()
+            names = _filenames(session, {f.upload_id for f in failures if f.upload_id})
+            for failure in failures:
+                name = names.get(failure.upload_id or "", "")
+                ended = Ended(
+                    failure.upload_id, name, None, failure.at, failure.reason, failure.detail
                 )
+                events.append({"type": "failed", "upload": ended.json()})
             this_minute = now.replace(second=0, microsecond=0)
             for minute, received in session.execute(
                 select(ReceivedPerMinute.minute, ReceivedPerMinute.received).where(

@@ -7,7 +7,8 @@
 //   spec: executablePath, userDataDir, adminUrl, token, screenshotDir, timeoutSeconds,
 //         moving (filename of an upload whose progress must move while it streams),
 //         stalled (filename of an upload that must show as stalled),
-//         completed (filename of an upload that must appear among the completions)
+//         completed (filename of an upload that must appear among the completions),
+//         failed, terminated (optional: filenames the failures and terminations must list)
 //
 // Each stdout line is JSON; the last is the result ({"ok": true|false, ...}), exit 0 iff ok.
 // The system's Chromium only: never `playwright install`.
@@ -107,7 +108,11 @@ async function main() {
     await screenshot(page, '1-progress.png')
 
     // A stalled upload is marked.
-    await page.waitForSelector(`#in-flight tbody tr.stalled`)
+    await page.waitForFunction(
+      (name) => [...document.querySelectorAll('#in-flight tbody tr.stalled')].some(
+        (row) => row.querySelector('.name span')?.textContent === name),
+      spec.stalled,
+    )
     const stalled = await rowState(page, spec.stalled)
     observed.steps.push({ step: 'stalled', row: stalled })
     if (!stalled?.stalled) throw new Error(`${spec.stalled} is not the stalled one: ${JSON.stringify(stalled)}`)
@@ -119,6 +124,15 @@ async function main() {
       spec.completed,
     )
     observed.steps.push({ step: 'completed', inFlight: await rowState(page, spec.completed) })
+    // Failures and terminations come through the feed as well.
+    for (const [list, name] of [['#failures', spec.failed], ['#terminations', spec.terminated]]) {
+      if (!name) continue
+      await page.waitForFunction(
+        ([selector, wanted]) => [...document.querySelectorAll(`${selector} li .name`)].some((n) => n.textContent === wanted),
+        [list, name],
+      )
+      observed.steps.push({ step: list.slice(1), name })
+    }
     const moving = await rowState(page, spec.moving)
     observed.progress.push(moving)
     const chart = await page.evaluate(() =>

@@ -11,6 +11,7 @@ completions. Screenshots go to the test's tmp dir; the last is copied to
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import queue
@@ -24,7 +25,19 @@ from typing import IO, Any
 
 import pytest
 
-from .conftest import HOST, JS_DIR, REPO_ROOT, VENV_BIN, KiB, LiveServer, MiB, make_data_file
+from .conftest import (
+    HOST,
+    JS_DIR,
+    REPO_ROOT,
+    VENV_BIN,
+    KiB,
+    LiveServer,
+    MiB,
+    http_request,
+    make_data_file,
+    patch_upload,
+    tus_headers,
+)
 from .test_page import page_tools  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.live
@@ -35,6 +48,10 @@ CLI = VENV_BIN / "uploadsvc-upload"
 LAST_SCREENSHOT = Path("/tmp/uploadsvc-admin.png")
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 UNAUTHORIZED = "Failed to load resource: the server responded with a status of 401 (UNAUTHORIZED)"
+
+
+def named(filename: str) -> str:
+    return "filename " + base64.b64encode(filename.encode()).decode()
 
 
 def get_json(port: int, path: str) -> Any:
@@ -162,6 +179,8 @@ def test_the_operator_view_in_chromium_while_uploads_run(
         "moving": moving.name,
         "stalled": stalled.name,
         "completed": completed.name,
+        "failed": "scan.pdf",
+        "terminated": "draft.docx",
     }
     browser = subprocess.Popen(
         [node, "admin_test.mjs", json.dumps(spec)],
@@ -201,6 +220,13 @@ def test_the_operator_view_in_chromium_while_uploads_run(
             },
         )
     )
+    # A checksum failure and a termination, for the other panels.
+    wrong = "sha1 " + base64.b64encode(b"\0" * 20).decode()
+    scan = server.create_upload(1000, metadata=named("scan.pdf"))
+    refused = patch_upload(scan, 0, b"x" * 1000, Upload_Checksum=wrong)
+    assert refused.status == 460, refused.status
+    draft = server.create_upload(1000, metadata=named("draft.docx"))
+    assert http_request("DELETE", draft, tus_headers()).status == 204
     time.sleep(2)
     cli = subprocess.Popen(
         [

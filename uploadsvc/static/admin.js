@@ -37,9 +37,12 @@ function cell(className, text) {
   return td
 }
 
+// Uploads that finished, were terminated or expired: a late event never brings them back.
+const ended = new Set()
+
 function addRow(upload) {
   let row = rowOf(upload.id)
-  if (row) return row
+  if (row || ended.has(upload.id)) return row
   row = document.createElement('tr')
   row.dataset.id = upload.id
   row.dataset.length = upload.length ?? ''
@@ -82,8 +85,13 @@ function age(row) {
     : row.dataset.streaming === '1' ? 'receiving' : 'waiting'
 }
 
+// Bytes held by unfinished uploads: those listed here, plus the idle ones not listed.
+const heldBase = Number(main.dataset.heldBase)
+
 function counts() {
   const rows = table.querySelectorAll('tr')
+  const listed = [...rows].reduce((sum, row) => sum + Number(row.dataset.position), 0)
+  document.getElementById('held').textContent = size(heldBase + listed)
   document.getElementById('in-flight-count').textContent = rows.length
   document.getElementById('stalled-count').textContent = table.querySelectorAll('tr.stalled').length
   document.getElementById('in-flight-empty').hidden = rows.length > 0
@@ -91,6 +99,7 @@ function counts() {
 
 function progressed(event) {
   const row = rowOf(event.id) || addRow({ id: event.id, ...event })
+  if (!row) return
   const before = Number(row.dataset.position)
   const beforeAt = parseTime(row.dataset.lastByte)
   const at = parseTime(event.last_byte_at)
@@ -125,7 +134,9 @@ function listed(listId, upload, reason) {
   const when = document.createElement('time')
   when.dataset.at = upload.at
   when.textContent = `${ago(serverNow() - parseTime(upload.at))} ago`
-  li.append(name, ' ', size(upload.size), ' ', when)
+  li.append(name, ' ')
+  if (upload.size !== null && upload.size !== undefined) li.append(size(upload.size), ' ')
+  li.append(when)
   if (upload.detail) {
     const detail = document.createElement('span')
     detail.className = 'detail'
@@ -136,8 +147,9 @@ function listed(listId, upload, reason) {
   while (list.children.length > MAX_LISTED) list.lastChild.remove()
 }
 
-function ended(listId, reason) {
+function endedIn(listId, reason) {
   return (event) => {
+    ended.add(event.upload.id)
     rowOf(event.upload.id)?.remove()
     listed(listId, event.upload, reason)
     counts()
@@ -175,9 +187,9 @@ function minute(event) {
 const handlers = {
   created: (event) => { addRow(event.upload); counts() },
   progress: (event) => { progressed(event); counts() },
-  finished: ended('completions'),
-  terminated: ended('terminations'),
-  expired: ended('failures', 'expired'),
+  finished: endedIn('completions'),
+  terminated: endedIn('terminations'),
+  expired: endedIn('failures', 'expired'),
   failed: (event) => listed('failures', event.upload, event.upload.reason),
   minute,
   reload: () => window.location.reload(),
