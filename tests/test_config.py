@@ -221,6 +221,10 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "MIN_RATE_WINDOW": frozenset(),
     "MIN_RATE_GRACE": frozenset({"0"}),
     "MAX_UPLOADS_PER_CLIENT": frozenset({"0"}),  # off
+    "ADMIN_TOKEN": frozenset({"9" * 40}),  # 40 printable characters: a token
+    "STALL_AFTER": frozenset(),
+    "ADMIN_WATCHERS": frozenset(),
+    "ADMIN_STREAM_SECONDS": frozenset(),
 }
 SERVER_SETTINGS = frozenset({"WORKERS", "THREADS", "BIND"})
 
