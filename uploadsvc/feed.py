@@ -121,8 +121,11 @@ class Feed:
                 now, events = self.source(since - OVERLAP)
                 since = now
                 self.publish(events)
-            except Exception:
-                log.warning("admin feed: reading the registry failed; retrying", exc_info=True)
+            except Exception as error:
+                log.warning(
+                    "admin feed: reading the registry failed (%s); retrying",
+                    (str(error).splitlines() or [type(error).__name__])[0],
+                )
             time.sleep(self.interval)
 
     def publish(self, events: list[dict[str, Any]]) -> None:

@@ -168,9 +168,13 @@ class ProgressReporter:
         while not self._closed.wait(self.interval):
             try:
                 self.report()
-            except Exception:
-                # The registry is busy or full: the counts wait for the next report.
-                log.warning("progress report failed; retrying", exc_info=True)
+            except Exception as error:
+                # The registry is busy or its disk full: the counts wait for the next
+                # report. One line, no traceback: the logs must stay about uploads.
+                log.warning(
+                    "progress report failed (%s); retrying",
+                    (str(error).splitlines() or [type(error).__name__])[0],
+                )
 
     def report(self) -> None:
         """Write one report: what the thread does every interval (tests call it)."""
