@@ -37,6 +37,9 @@ IN_FLIGHT_WINDOW = timedelta(hours=1)
 MAX_IN_FLIGHT = 100
 MAX_RECENT = 20
 CHART_MINUTES = 60
+# Uploads one feed read looks at, newest first: a busy second costs a bounded read (the
+# page shows what it has; a reload shows the rest).
+MAX_CHANGES = 1000
 _UNFINISHED = UploadState.ACTIVE
 
 
@@ -317,9 +320,13 @@ class Watching:
         now = self.clock()
         events: list[dict[str, Any]] = []
         with self.readers.begin() as session:
-            for row in session.scalars(
-                select(Upload).where(Upload.updated_at > since).order_by(Upload.updated_at)
-            ):
+            changed = session.scalars(
+                select(Upload)
+                .where(Upload.updated_at > since)
+                .order_by(Upload.updated_at.desc())
+                .limit(MAX_CHANGES)
+            ).all()
+            for row in reversed(changed):
                 events.extend(self._row_events(row, since, now))
             for row in session.scalars(
                 select(Upload).where(
