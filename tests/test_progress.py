@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from uploadsvc import db
 from uploadsvc.errors import ChecksumMismatch, OffsetMismatch, UploadLocked
 from uploadsvc.models import ReceivedPerMinute, UploadFailure, UploadProgress
-from uploadsvc.progress import Flow, ProgressReporter, failure_reason
+from uploadsvc.progress import MAX_ROWS, Flow, ProgressReporter, failure_reason
 
 NOW = datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC)
 
@@ -141,3 +141,16 @@ def test_old_rows_are_trimmed(sessions: sessionmaker[Session]) -> None:
     assert rows(sessions, ReceivedPerMinute) == []
     assert rows(sessions, UploadFailure) == []
     assert rows(sessions, UploadProgress) == []
+
+
+def test_a_crowd_of_bodies_writes_the_most_recent_few(sessions: sessionmaker[Session]) -> None:
+    """A crowd (slowloris: hundreds of bodies a byte a second) costs a bounded write."""
+    fake = Fake()
+    report = reporter(sessions, fake)
+    fake.flows = [
+        Flow(n, f"{n:032x}", 0, n, started=fake.mono - 5, last_byte=fake.mono - 4 + n / 100)
+        for n in range(MAX_ROWS + 8)
+    ]
+    report.report()
+    written = {row.upload_id for row in rows(sessions, UploadProgress)}
+    assert written == {f"{n:032x}" for n in range(8, MAX_ROWS + 8)}

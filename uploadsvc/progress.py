@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Insert, delete
+from sqlalchemy import Insert, delete, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,6 +47,8 @@ TRIM_EVERY = 60.0
 KEEP_MINUTES = timedelta(hours=2)
 KEEP_FAILURES = timedelta(days=1)
 MAX_QUEUED_FAILURES = 1000
+# Bodies one worker reports per interval, the most recently active first.
+MAX_ROWS = 32
 DETAIL_LENGTH = 200
 
 # The errors the tus views see that count as a failure of the upload, by reason.
@@ -181,10 +183,14 @@ class ProgressReporter:
         now, mono = self.clock(), self.monotonic()
         flows = self.flows()
         self.on_flows(len(flows))
-        rows = [
-            self._row(flow, now, mono) for flow in flows if mono - flow.started >= self.interval
-        ]
-        current = {flow.serial for flow in flows}
+        # The most recently active bodies, at most MAX_ROWS: a crowd of trickled bodies
+        # (slowloris) must not turn the report into a big write every second. The others
+        # show from the registry's own columns (offset, updated_at) meanwhile.
+        long = [flow for flow in flows if mono - flow.started >= self.interval]
+        long.sort(key=lambda flow: flow.last_byte or flow.started, reverse=True)
+        shown = long[:MAX_ROWS]
+        rows = [self._row(flow, now, mono) for flow in shown]
+        current = {flow.serial for flow in shown}
         ended = {serial: uid for serial, uid in self._rows.items() if serial not in current}
         with self._lock:
             pending, self._pending = self._pending, 0
@@ -197,11 +203,13 @@ class ProgressReporter:
             with self.sessions.begin() as session:
                 if rows:
                     session.execute(_upsert(session, UploadProgress, ["upload_id"], rows))
-                for serial, upload_id in ended.items():
+                if ended:
+                    mine = [
+                        (upload_id, self._stream(serial)) for serial, upload_id in ended.items()
+                    ]
                     session.execute(
                         delete(UploadProgress).where(
-                            UploadProgress.upload_id == upload_id,
-                            UploadProgress.stream == self._stream(serial),
+                            tuple_(UploadProgress.upload_id, UploadProgress.stream).in_(mine)
                         )
                     )
                 if pending:
@@ -230,10 +238,9 @@ class ProgressReporter:
         for serial in ended:
             self._rows.pop(serial, None)
             self._reported.pop(serial, None)
-        for flow in flows:
-            if mono - flow.started >= self.interval:
-                self._rows[flow.serial] = flow.upload_id
-                self._reported[flow.serial] = _Reported(flow.received, mono)
+        for flow in shown:
+            self._rows[flow.serial] = flow.upload_id
+            self._reported[flow.serial] = _Reported(flow.received, mono)
 
     def _stream(self, serial: int) -> str:
         return f"{self._pid}:{serial}"
