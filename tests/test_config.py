@@ -229,6 +229,9 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "QUOTA_BYTES": frozenset({"1000000000000"}),
     "QUOTA_FILES": frozenset({"1000000000000"}),
     "SEND_104": frozenset({"0"}),
+    "STALL_AFTER": frozenset(),
+    "ADMIN_WATCHERS": frozenset(),
+    "ADMIN_STREAM_SECONDS": frozenset(),
 }
 SERVER_SETTINGS = frozenset({"WORKERS", "THREADS", "BIND"})
 

@@ -175,6 +175,18 @@ def test_nginx_ends_idle_upstream_connections_before_gunicorn(site: str) -> None
     assert int(timeout.group(1)) < int(gunicorn.group(1))
 
 
+@pytest.mark.parametrize("site", ["nginx.conf", "nginx-two-hosts.conf"])
+@pytest.mark.parametrize("path", ["metrics", "healthz", "api/", "admin"])
+def test_nginx_keeps_the_operators_paths_internal(site: str, path: str) -> None:
+    """/metrics, /healthz, the page's list and the operator view answer only the allow
+    lines (tests/live/test_nginx.py checks this against real nginx)."""
+    text = (ROOT / "deploy" / site).read_text()
+    block = re.search(r"location \^~ /uploads/" + re.escape(path) + r" \{(.*?)\}", text, re.S)
+    assert block is not None, f"{site}: no internal location for /uploads/{path}"
+    lines = [line.strip() for line in block.group(1).strip().splitlines()]
+    assert "deny all;" in lines and lines.index("deny all;") > lines.index("allow 127.0.0.1;")
+
+
 def test_the_worker_hooks_leave_another_app_alone() -> None:
     """gunicorn reads ./gunicorn.conf.py by default, so another app run from this
     directory (the bench's baseline) gets its worker hooks: they must not fail on an app

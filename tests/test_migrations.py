@@ -31,6 +31,7 @@ from uploadsvc.models import (
     Verdict,
 )
 from uploadsvc.records import UploadInfo
+from uploadsvc.watching import Watching
 
 FIRST = "0001"
 CONCATENATION = "0002"
@@ -412,3 +413,39 @@ def test_verdicts_on_a_database_with_data(engine: Engine) -> None:
     with sessions.begin() as session:
         assert session.get_one(Upload, UPLOAD_ID).verdict is Verdict.OK
         assert session.get_one(Upload, TOMBSTONE_ID).state is UploadState.ACTIVE
+
+
+BEFORE_PROGRESS = "0008"  # the revision 0009 follows
+
+
+def test_progress_tables_on_a_database_with_data(engine: Engine) -> None:
+    """0009 adds the operator view's tables and an index on uploads.updated_at to a
+    registry with uploads: they stay, the feed's query finds them by the index, and a
+    downgrade takes it all away again."""
+    config = db.alembic_config(engine)
+    command.upgrade(config, BEFORE_PROGRESS)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                'INSERT INTO uploads (id, state, length, "offset", upload_metadata, verifying,'
+                " created_at, updated_at, expires_at) VALUES (:id, 'ACTIVE', 10, 1, '',"
+                " FALSE, :at, :at, '2026-01-02 12:00:00.000000')"
+            ),
+            [{"id": f"{n:032x}", "at": STAMP.format(n)} for n in range(20)],
+        )
+    command.upgrade(config, "head")
+    assert "ix_uploads_updated_at" in _indexes(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert {"upload_progress", "received_per_minute", "upload_failures"} <= tables
+    watching = Watching(
+        db.make_readers(engine), lambda: datetime(2026, 1, 1, 12, 30, tzinfo=UTC), 20.0
+    )
+    _, events = watching.changes(datetime(2026, 1, 1, 12, 14, 30, tzinfo=UTC))
+    assert sorted(e["upload"]["id"] for e in events if e["type"] == "created") == [
+        f"{n:032x}" for n in range(15, 20)
+    ]
+    command.downgrade(config, BEFORE_PROGRESS)
+    assert "ix_uploads_updated_at" not in _indexes(engine)
+    assert "upload_progress" not in set(inspect(engine).get_table_names())
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM uploads")).scalar() == 20

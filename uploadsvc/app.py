@@ -22,6 +22,7 @@ from .clientslots import ClientSlots
 from .config import PREFIX, ConfigError, Settings
 from .connection import AnnouncedCloses
 from .delivery import Dispatcher
+from .feed import Feed
 from .grants import GrantStore
 from .hooks import Hooks, load_hooks
 from .locking import Locker
@@ -30,14 +31,16 @@ from .metrics import Metrics
 from .outbox import Outbox
 from .overrides import MethodOverride
 from .parts import EXTENSION, Parts, parts
+from .progress import ProgressReporter
 from .quota import Quota
 from .records import Limits, UploadInfo
 from .service import UploadService, utcnow
 from .storage import StoreUnavailable, UploadStore
 from .storage.filesystem import FileStore
-from .transfers import TransferMonitor
+from .transfers import ANSWERS, TransferMonitor
 from .typegate import TypeGate
 from .verdicts import Judge
+from .watching import GrantUsage, Watching, local_disk
 
 __all__ = ["check_reachable", "close_app", "create_app"]
 
@@ -99,15 +102,38 @@ def create_app(
         quota=Quota(sessions, open_bytes=settings.quota_bytes, open_files=settings.quota_files),
         judge=_judge(TypeGate(settings.allowed_types), hooks, grants),
     )
+    progress = ProgressReporter(
+        sessions,
+        clock=clock,
+        on_failure=metrics.upload_failed,
+        on_flows=metrics.bodies_in_flight.set,
+    )
+    closers.insert(0, progress.close)  # before the engine goes
+    for kind in ANSWERS:  # every reason a body ends, at 0 from the start (dashboards)
+        metrics.stopped_bodies.labels(kind)
+
+    def received(count: int) -> None:
+        metrics.bytes_received.inc(count)
+        progress.count(count)
+
     transfers = TransferMonitor(
         locker,
         read_timeout=settings.read_timeout,
-        on_bytes=metrics.bytes_received.inc,
+        on_bytes=received,
         on_stop=metrics.body_stopped,
         min_rate=settings.min_rate,
         rate_window=settings.min_rate_window,
         rate_grace=settings.min_rate_grace,
     )
+    progress.flows = transfers.flows
+    watching = Watching(
+        readers,
+        clock,
+        stall_after=settings.stall_after,
+        disk=(lambda: None) if settings.s3_bucket is not None else local_disk(settings.files_dir),
+    )
+    if settings.auth == "grants":
+        watching.grant_usage = _grant_usage(grants)
     app.extensions[EXTENSION] = Parts(
         settings=settings,
         service=service,
@@ -120,6 +146,9 @@ def create_app(
         transfers=transfers,
         metrics=metrics,
         client_slots=ClientSlots(settings.max_uploads_per_client),
+        progress=progress,
+        watching=watching,
+        feed=Feed(watching.changes, clock, max_watchers=settings.admin_watchers),
         closers=closers,
         outbox=outbox,
         dispatcher=dispatcher,
@@ -128,10 +157,11 @@ def create_app(
 
     # resumable_views puts the draft's answers on the tus blueprint (Resumable Uploads
     # for HTTP on the same endpoint): imported before the blueprint is registered.
-    from . import resumable_views, views, web  # noqa: F401
+    from . import admin, resumable_views, views, web  # noqa: F401
 
     app.register_blueprint(views.bp)
     web.init_app(app)
+    admin.init_app(app)
     ops.init_app(app)
     cli.init_app(app)
     app.cli.add_command(grant_commands.grant_cli)
@@ -242,3 +272,21 @@ def _judge(gate: TypeGate, hooks: Hooks, grants: GrantStore) -> Judge:
 
     judge.gate_for = gate_for
     return judge
+
+
+def _grant_usage(grants: GrantStore) -> Callable[[], list[GrantUsage]]:
+    """The operator view's grants panel: each live grant's use against its limit."""
+
+    def usage() -> list[GrantUsage]:
+        return [
+            GrantUsage(
+                name=f"{grant.label} ({grant.id})" if grant.label else grant.id,
+                uploads=used.used_files,
+                bytes=used.used_bytes,
+                limit_bytes=grant.max_bytes,
+            )
+            for grant, used in grants.all()
+            if grant.revoked_at is None
+        ]
+
+    return usage

@@ -46,6 +46,14 @@ DEFAULT_MIN_RATE_GRACE = 10.0
 # behind one NAT address still uploads 32 files at a time per worker.
 DEFAULT_MAX_UPLOADS_PER_CLIENT = 32
 MAX_SLOW_CLIENT_SECONDS = 3600.0
+# An unfinished upload that got no byte for this long is marked stalled; by default the
+# minimum rate's window (a body that slow is about to be ended anyway).
+DEFAULT_STALL_AFTER = DEFAULT_MIN_RATE_WINDOW
+# Event streams (/admin/events) per worker, each holding a thread, and how long one lasts
+# before the browser reconnects (EventSource does by itself): a watcher costs a bounded
+# number of threads for a bounded time.
+DEFAULT_ADMIN_WATCHERS = 4
+DEFAULT_ADMIN_STREAM_SECONDS = 300.0
 # Expired and terminated uploads stay as tombstones (their URLs answer 410, not 404) for
 # a week, so a client back from a long absence learns its upload is gone, not unknown.
 DEFAULT_TOMBSTONE_TTL = 7 * 24 * 60 * 60
@@ -76,7 +84,8 @@ LOCKERS = ("file", "postgres")
 # network; hooks may still refuse), or every tus request needs a grant's token or the
 # admin token.
 AUTH_MODES = ("open", "grants")
-# UPLOADSVC_ADMIN_TOKEN: a bearer that passes every check, so it must not be guessable.
+# UPLOADSVC_ADMIN_TOKEN: a bearer that passes every check and opens /admin (README "Watching
+# it run"), so it must not be guessable.
 MIN_ADMIN_TOKEN = 16
 
 # Upper bounds, so that no value starts a server that fails later. Durations are added
@@ -167,6 +176,10 @@ class Settings:
     # with an upload's URL as soon as a creation made it. Only for clients that reach
     # gunicorn directly: a proxy may take the 104 for the final answer (README).
     send_104: bool = False
+    # The operator view (/admin): on with admin_token (see the defaults above).
+    stall_after: float = DEFAULT_STALL_AFTER
+    admin_watchers: int = DEFAULT_ADMIN_WATCHERS
+    admin_stream_seconds: float = DEFAULT_ADMIN_STREAM_SECONDS
 
     @property
     def postgres(self) -> bool:
@@ -245,6 +258,13 @@ class Settings:
             quota_bytes=_optional_positive_int(values, "QUOTA_BYTES"),
             quota_files=_optional_positive_int(values, "QUOTA_FILES"),
             send_104=_boolean(values, "SEND_104", False),
+            stall_after=_seconds_within(
+                values, "STALL_AFTER", DEFAULT_STALL_AFTER, allow_zero=False
+            ),
+            admin_watchers=_int_between(values, "ADMIN_WATCHERS", DEFAULT_ADMIN_WATCHERS, 1, 64),
+            admin_stream_seconds=_seconds_within(
+                values, "ADMIN_STREAM_SECONDS", DEFAULT_ADMIN_STREAM_SECONDS, allow_zero=False
+            ),
         )
 
     @classmethod

@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from http import HTTPStatus
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import Event, EventState, Upload, UploadState
+from .models import FAILURE_REASONS, Event, EventState, Upload, UploadState
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Upload requests last from milliseconds (HEAD) to many minutes (a big PATCH).
@@ -126,6 +126,32 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+
+        self.failures = Counter(
+            "uploadsvc_upload_failures",
+            "Upload failures by reason (checksum, disk_full, storage, quota, type, digest).",
+            ["reason"],
+            registry=registry,
+        )
+        # Every reason from the start: a dashboard's query finds the series at 0.
+        for reason in FAILURE_REASONS:
+            if reason != "expired":  # read from the registry: uploadsvc_uploads{state}
+                self.failures.labels(reason)
+        for event in ("create", "finish", "terminate"):
+            self.uploads.labels(event)
+        for outcome in ("acquired", "timed_out"):
+            self.lock_waits.labels(outcome)
+        # Bodies being read now, summed over the live workers (set by progress.py's
+        # reporter about once a second, so the request path pays nothing for it).
+        self.bodies_in_flight = Gauge(
+            "uploadsvc_bodies_in_flight",
+            "PATCH and POST bodies being received now.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+
+    def upload_failed(self, reason: str) -> None:
+        self.failures.labels(reason).inc()
 
     def upload_event(self, event: str, upload: object) -> None:
         self.uploads.labels(event.removeprefix("post-")).inc()

@@ -95,7 +95,8 @@ class Upload(Base):
     # crash before the verdict must not let reconciliation count them.
     verifying: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Indexed for the operator view's feed (watching.py): what changed in the last second.
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # When the finish sequence (store finish, pre-finish, post-finish, finals waiting on
@@ -232,3 +233,57 @@ class QuotaUsage(Base):
 
 # The usage row of uploads made without a grant (no grant id is this: ids are hex).
 OPEN_SCOPE = "*"
+# -- what the operator view watches (progress.py writes these, watching.py reads them) --
+
+
+class UploadProgress(Base):
+    """A PATCH (or POST) body in flight, as its worker last reported it: about once a
+    second while the body streams, deleted when it ends. Every worker and host reads the
+    same rows, so the operator view shows every body whichever worker answers.
+
+    ``position`` is the upload's offset when the body began plus the bytes received
+    since: not durable, never an answer to a client (``Upload.offset`` is)."""
+
+    __tablename__ = "upload_progress"
+
+    upload_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    # Which body (worker pid and a counter): a worker deletes only the row it wrote, not
+    # the row of a newer body on the same upload that took over.
+    stream: Mapped[str] = mapped_column(String(40))
+    position: Mapped[int] = mapped_column(BigInteger)
+    rate: Mapped[int] = mapped_column(BigInteger)  # bytes/s since the previous report
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_byte_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Refreshed with every report: a row not refreshed for a while is a dead worker's.
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class ReceivedPerMinute(Base):
+    """Body bytes received per minute (UTC), summed over every worker and host: the
+    operator view's chart. Rows older than a couple of hours are trimmed."""
+
+    __tablename__ = "received_per_minute"
+
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    received: Mapped[int] = mapped_column(BigInteger)
+
+
+#: Why an upload failed, as the operator view and ``uploadsvc_upload_failures_total``
+#: name it: a bounded set (a metric label). A part that refuses uploads for a new reason
+#: adds it here and calls ``ProgressReporter.failed`` (progress.py). ``expired`` is read
+#: from the registry (an unfinished upload past its expiry), never reported.
+FAILURE_REASONS = ("checksum", "disk_full", "storage", "quota", "type", "digest", "expired")
+
+
+class UploadFailure(Base):
+    """A request that failed an upload in a way an operator wants to see (a checksum
+    mismatch, a full disk, a quota, a refused type...): ``reason`` is one of
+    ``FAILURE_REASONS``. Trimmed to the last day."""
+
+    __tablename__ = "upload_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    upload_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

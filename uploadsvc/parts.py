@@ -18,14 +18,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from .clientslots import ClientSlots
 from .config import Settings
 from .delivery import Dispatcher
+from .feed import Feed
 from .grants import GrantStore
 from .hooks import Hooks
 from .locking import Locker
 from .metrics import Metrics
 from .outbox import Outbox
+from .progress import ProgressReporter
 from .service import UploadService
 from .storage import UploadStore
 from .transfers import TransferMonitor
+from .watching import Watching
 
 # The app.extensions key: Flask's convention is the extension's name.
 EXTENSION = "uploadsvc"
@@ -44,6 +47,11 @@ class Parts:
     transfers: TransferMonitor
     metrics: Metrics
     client_slots: ClientSlots
+    # Progress, bytes per minute and failures, written to the registry for /admin.
+    progress: ProgressReporter
+    # The operator view's reads (watching.py) and this worker's live feed (feed.py).
+    watching: Watching
+    feed: Feed
     # What close_app releases (engine, lock connections, S3 client), in order.
     closers: list[Callable[[], None]]
     # Webhook events: where they are recorded, and who delivers them (None: no

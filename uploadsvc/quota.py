@@ -45,6 +45,8 @@ STEP = 8 * 1024 * 1024
 class QuotaExceeded(UploadTooLarge):
     """413: the change would pass a quota; the message says which."""
 
+    watched_as = "quota"  # the operator view's failure reason (progress.py)
+
 
 class Quota:
     def __init__(

@@ -31,6 +31,7 @@ client's, and neither the read timeout nor a takeover counts it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 
 from .errors import BodyCut, BodyIncomplete
 from .locking import Locker
+from .progress import Flow
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,12 @@ class _Transfer:
     # connection that has moved on to its next request.
     ended: bool = field(default=False)
     guard: threading.Lock = field(default_factory=threading.Lock)
+    # For the operator view (``flows``): the upload's offset where the body began, a
+    # serial that tells bodies apart, and when the last chunk came (monotonic).
+    start: int = 0
+    serial: int = 0
+    started: float = 0.0
+    last_byte: float | None = None
 
 
 class TransferMonitor:
@@ -125,18 +133,40 @@ class TransferMonitor:
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
         self._shutting_down: Callable[[], bool] = lambda: False
+        self._serials = itertools.count(1)
 
     def stop_all_when(self, shutting_down: Callable[[], bool]) -> None:
         """Install the server's "am I shutting down?" check (gunicorn.conf.py does)."""
         self._shutting_down = shutting_down
 
+    def shutting_down(self) -> bool:
+        """Whether the server is stopping (long responses, like the operator view's
+        event stream, end then too)."""
+        return self._shutting_down()
+
+    def flows(self) -> list[Flow]:
+        """The bodies being read now, for the progress reporter (progress.py)."""
+        with self._guard:
+            active = list(self._active)
+        return [
+            Flow(t.serial, t.upload_id, t.start, t.received, t.started, t.last_byte) for t in active
+        ]
+
     def track(
-        self, upload_id: str, chunks: Iterable[bytes], stop: Callable[[], None]
+        self, upload_id: str, chunks: Iterable[bytes], stop: Callable[[], None], start: int = 0
     ) -> Generator[bytes]:
         """Yield ``chunks``, watched from the first read (the lock is held by then)
-        until the body ends."""
+        until the body ends. ``start``: the offset the body is written at."""
         started = self.clock()
-        transfer = _Transfer(upload_id, stop, started, window_start=started + self.rate_grace)
+        transfer = _Transfer(
+            upload_id,
+            stop,
+            started,
+            window_start=started + self.rate_grace,
+            start=start,
+            serial=next(self._serials),
+            started=started,
+        )
         self._add(transfer)
         blocks = iter(chunks)
         try:
@@ -153,6 +183,7 @@ class TransferMonitor:
                 finally:
                     transfer.waiting_since = None
                 transfer.received += len(chunk)
+                transfer.last_byte = self.clock()
                 self.on_bytes(len(chunk))
                 yield chunk
         finally:

@@ -285,20 +285,26 @@ def _append(
         upload_id,
         body.read_body(request.environ, trailers=trailers),
         connection.body_stopper(request.environ),
+        start=offset,
     )
     # The body holds this worker's thread until it ends: one address gets so many.
     # Closed here, not whenever the garbage collector gets to it: until then the
     # monitor watches the body and may stop it after its request has ended.
-    with slots.hold(request.remote_addr), contextlib.closing(chunks):
-        return svc.append(
-            upload_id,
-            offset,
-            chunks,
-            trailer=_checksum_trailer(trailers) if checksum is None else None,
-            content_length=body.content_length(request.environ),
-            length=length,
-            checksum=checksum,
-        )
+    try:
+        with slots.hold(request.remote_addr), contextlib.closing(chunks):
+            return svc.append(
+                upload_id,
+                offset,
+                chunks,
+                trailer=_checksum_trailer(trailers) if checksum is None else None,
+                content_length=body.content_length(request.environ),
+                length=length,
+                checksum=checksum,
+            )
+    except TusError as error:
+        # A checksum mismatch, a full disk...: the operator view lists them (progress.py).
+        parts().progress.failed_with(upload_id, error)
+        raise
 
 
 def _checksum_trailer(trailers: dict[str, str]) -> Callable[[], str | None] | None:

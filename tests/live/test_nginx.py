@@ -146,6 +146,7 @@ def test_chunked_and_concatenation_through_nginx(proxied: tuple[LiveServer, str]
     assert server.data_file(upload_id(final)).stat().st_size == 0
 
 
+ADMIN_TOKEN = "nginx-admin-token-0123456789"
 # A client that isn't loopback to nginx: 127.0.0.2 is another address on lo.
 OUTSIDER = "127.0.0.2"
 INTERNAL_ONLY = [
@@ -164,6 +165,13 @@ INTERNAL_ONLY = [
     "/uploads/api//uploads",
     "/uploads/api/%75ploads",
     "/uploads/./api/uploads",
+    "/uploads/admin",
+    "/uploads/admin/events",
+    "/uploads/admin/overview.json",
+    "/uploads/admin/login",
+    "/uploads//admin",
+    "/uploads/%61dmin",
+    "/uploads/files/../admin",
 ]
 
 
@@ -184,7 +192,9 @@ def request_from(
 def proxied_with_page(
     server_factory: Callable[..., LiveServer], tmp_path: Path
 ) -> Iterator[tuple[LiveServer, str]]:
-    server = server_factory(UPLOADSVC_PROXY_HOPS="1", UPLOADSVC_WEB_UI="1")
+    server = server_factory(
+        UPLOADSVC_PROXY_HOPS="1", UPLOADSVC_WEB_UI="1", UPLOADSVC_ADMIN_TOKEN=ADMIN_TOKEN
+    )
     with nginx_in_front(server, tmp_path / "nginx") as origin:
         yield server, origin
 
@@ -192,8 +202,9 @@ def proxied_with_page(
 def test_metrics_health_and_the_list_are_internal(
     proxied_with_page: tuple[LiveServer, str],
 ) -> None:
-    """The shipped location rules: /metrics, /healthz and /api/uploads answer loopback
-    only, however the path is spelled; the tus endpoints and the page stay public."""
+    """The shipped location rules: /metrics, /healthz, /api/uploads and /admin answer
+    loopback only, however the path is spelled; the tus endpoints and the page stay
+    public."""
     server, origin = proxied_with_page
     url = server.create_upload(3, body=b"abc")
     for target in INTERNAL_ONLY:
@@ -206,6 +217,11 @@ def test_metrics_health_and_the_list_are_internal(
     assert request_from(HOST, origin, "GET", "/uploads/healthz") == (200, b"ok\n")
     status, body = request_from(HOST, origin, "GET", "/uploads/api/uploads")
     assert status == 200 and upload_id(url).encode() in body
+    # The operator view, from inside: still the token's, under the prefix.
+    assert request_from(HOST, origin, "GET", "/uploads/admin")[0] == 401
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    status, body = request_from(HOST, origin, "GET", "/uploads/admin", bearer)
+    assert status == 200 and b'data-events="/uploads/admin/events"' in body
     # Public: the page and the tus endpoints, uploads and downloads included.
     assert request_from(OUTSIDER, origin, "GET", "/uploads/")[0] == 200
     assert request_from(OUTSIDER, origin, "OPTIONS", "/uploads/files/")[0] == 204
