@@ -27,6 +27,7 @@ WEB_ASSET := uploadsvc/static/tus.min.js
 HAVE_NPM := $(shell command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && echo yes)
 
 ifeq ($(HAVE_NPM),yes)
+BENCH_JS := bench/tus-node/node_modules/.installed
 js: $(WEB_ASSET)
 else
 js:
@@ -68,9 +69,16 @@ torture: install
 # Throughput, latency and memory against this machine's limit and a plain Flask baseline
 # (loopback only, about 10 minutes; not part of `make test`). BENCH_ARGS="--quick" for a
 # 2-minute look, "--big" adds a 10 GiB upload; the table lands in bench-results/latest.json.
-bench: $(STAMP)
+bench: $(STAMP) $(BENCH_JS)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The @tus/server peer: a Node project of its own (bench/tus-node), so the test suite's
+# node_modules stays as it is; without node/npm the bench skips that column with a note.
+TUS_NODE_STAMP := bench/tus-node/node_modules/.installed
+$(TUS_NODE_STAMP): bench/tus-node/package.json bench/tus-node/package-lock.json
+	cd bench/tus-node && npm ci --no-audit --no-fund --loglevel=error
+	touch $(TUS_NODE_STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info build .mypy_cache .ruff_cache .pytest_cache .import_linter_cache \
-		node_modules $(WEB_ASSET)
+		node_modules bench/tus-node/node_modules $(WEB_ASSET)
