@@ -216,7 +216,7 @@ def main() -> None:
         help="the nginx site in front of uploadsvc (default deploy/nginx.conf)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="1 repetition, 256 MiB, 3 s runs, 15 s capacity holds"
+        "--quick", action="store_true", help="1 repetition, 256 MiB, 3 s runs, 10 s capacity holds"
     )
     parser.add_argument(
         "--capacity",
@@ -242,7 +242,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.reps, args.size_mib, args.duration = 1, 256, 3.0
-        args.capacity_hold = min(args.capacity_hold, 15.0)
+        args.capacity_hold = min(args.capacity_hold, 10.0)
     args.capacity = [int(n) for n in args.capacity.split(",") if n.strip()]
     # Every capacity client and the server's end of it is an open file; gunicorn.conf.py
     # raises the server's own limit.
