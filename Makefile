@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,s3,client]'
 	touch $(STAMP)
 
-# The one Node project (package.json at the top: tus-js-client, pinned by its lock file, and
+# The page's Node project (package.json at the top: tus-js-client, pinned by its lock file, and
 # playwright-core): the upload page's browser code and the live suite's JavaScript clients
 # (tests/js, web/page_test.mjs). When node and npm are installed (without them those tests
 # skip and the page says it can't be built), `npm ci` runs when the lock file changes, then
