@@ -8,12 +8,13 @@ simultaneous uploads you expect (workers x threads).
 
 Why threads and not gevent (README "Capacity", measured with `make bench`'s capacity
 workload): 2 workers x 1,024 threads hold 1,000 uploads trickling 4 KiB/s with a
-probe's HEADs and small uploads answered at p99 35 ms, about 160 KB per upload in
-flight. gunicorn's gevent worker, unchanged, held them too, at a third of the memory
-but p99 103 ms and one probe unanswered in 10 s (SQLite calls and file writes block
-every greenlet of a worker), and it would need every blocking call made cooperative
-and the header deadline, the body reader and the server cuts redone for it. A blocked
-thread costs memory, not CPU: threads start only when needed and wait in the kernel.
+probe's HEADs and small uploads answered at p99 35 ms (one run, load average 5), some
+160 to 300 KB per upload in flight. gunicorn's gevent worker, unchanged, held them too,
+with less memory but p99 103 ms and one probe unanswered in 10 s in the same conditions
+(SQLite calls and file writes block every greenlet of a worker), and it would need
+every blocking call made cooperative and the header deadline, the body reader and the
+server cuts redone for it. A blocked thread costs memory, not CPU: threads start only
+when needed and wait in the kernel.
 """
 
 from __future__ import annotations
