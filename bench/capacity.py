@@ -46,6 +46,10 @@ SMALL_EVERY = 0.25
 PROBE_TIMEOUT = 10.0
 SETTLE = 2.0  # seconds after the last PATCH head before the hold begins
 FINISH_TIMEOUT = 120.0
+# A body with more than this waiting in the server's receive queue at the end of the hold
+# is one nobody reads: 4 s of its data. (A server thread merely late on a loaded machine,
+# or under a profiler, holds half a second's; one without a thread, the whole hold's.)
+UNREAD = 16 * KiB
 
 
 def raise_fd_limit(want: int) -> None:
@@ -160,7 +164,7 @@ def _trickle_process(plan: Plan, out: Any) -> None:
 
 def _unread_server_sockets(port: int) -> int:
     """Server-side connections from the trickling clients' addresses (127.1.x.y) with
-    more than two pieces waiting unread in their receive queue."""
+    more than ``UNREAD`` bytes waiting in their receive queue."""
     unread = 0
     with open("/proc/net/tcp") as fh:
         next(fh)
@@ -172,7 +176,7 @@ def _unread_server_sockets(port: int) -> int:
             remote_ip = bytes.fromhex(remote.split(":")[0])[::-1]  # little-endian IPv4
             if remote_ip[:2] != b"\x7f\x01":
                 continue
-            if int(queues.split(":")[1], 16) > 2 * PIECE:
+            if int(queues.split(":")[1], 16) > UNREAD:
                 unread += 1
     return unread
 

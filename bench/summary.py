@@ -148,8 +148,9 @@ def capacity_notes(args: argparse.Namespace, targets: list[Target]) -> list[str]
             " HEADs a complete upload every 50 ms and runs a small upload (POST + PATCH"
             " 64 KiB + HEAD) every 250 ms, fresh connections from other addresses; p50/p99"
             " over every probe request (one unanswered in 10 s counts as 10 s and an"
-            " error). Errors also count bodies left unread in the server's receive queue"
-            " at the end of the hold and uploads not then finished 204 at their length."
+            " error). Errors also count bodies with over 16 KiB (4 s) unread in the server's"
+            " receive queue at the end of the hold and uploads not then finished 204 at"
+            " their length."
             " RSS: the server's process tree, peak. nginx+uploadsvc not measured here."
         )
     return notes
