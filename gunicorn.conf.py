@@ -5,11 +5,22 @@ Every upload in flight holds a thread for its whole PATCH, so workers are thread
 heartbeat keeps beating while a PATCH streams for minutes, so ``timeout`` never kills a
 long upload. Tune ``UPLOADSVC_WORKERS`` and ``UPLOADSVC_THREADS`` for the number of
 simultaneous uploads you expect (workers x threads).
+
+Why threads and not gevent (README "Capacity", measured with `make bench`'s capacity
+workload): 2 workers x 1,024 threads hold 1,000 uploads trickling 4 KiB/s with a
+probe's HEADs and small uploads answered at p99 35 ms (one run, load average 5), some
+160 to 300 KB per upload in flight. gunicorn's gevent worker, unchanged, held them too,
+with less memory but p99 103 ms and one probe unanswered in 10 s in the same conditions
+(SQLite calls and file writes block every greenlet of a worker), and it would need
+every blocking call made cooperative and the header deadline, the body reader and the
+server cuts redone for it. A blocked thread costs memory, not CPU: threads start only
+when needed and wait in the kernel.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -49,9 +60,31 @@ worker_class = "uploadsvc.worker.HeaderDeadlineWorker"
 workers = _server.workers
 # Threads per worker: how many uploads one worker streams at once. A gthread worker
 # accepts connections it has no free thread for, and those wait until one ends, so this,
-# not workers x threads, must cover the slow uploads in flight: with 32, a probe waited
-# out 128 clients trickling a few KiB/s; with 128, its p99 was 33 ms (`make torture`).
+# not workers x threads, must cover the slow uploads in flight: with 128, a probe got no
+# answer in 10 s while 512 clients trickled 4 KiB/s; with 1,024 (the default), 1,000
+# clients, probe p99 35 ms (`make bench`, capacity rows).
 threads = _server.threads
+# Connections per worker: a thread for each, plus this many for kept-alive idle
+# connections and heads still arriving (neither holds a thread). gthread keeps a
+# connection alive only while fewer than worker_connections - threads are idle, and
+# gunicorn's default (1,000) is below the threads: keep-alive would be off.
+KEEPALIVE_CONNECTIONS = 1000
+worker_connections = _server.threads + KEEPALIVE_CONNECTIONS
+
+
+def _raise_open_files(per_worker: int) -> None:
+    """Raise the soft open-file limit (often 1,024) towards the hard one: an upload in
+    flight holds its socket, its data file and its lock file, and past the limit a
+    worker's accept and open fail. The workers inherit it from the master."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = per_worker + 256  # the app's own files, the database, the listeners
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+_raise_open_files(3 * _server.threads + KEEPALIVE_CONNECTIONS)
 # Heartbeat limit for a worker's main loop, not a per-request limit under gthread.
 timeout = 60
 # On SIGTERM, PATCHes in flight get this long to finish before the worker is killed.

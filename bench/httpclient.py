@@ -100,17 +100,38 @@ class Connection:
         for line in lines:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        size = 0 if head else int(headers.get("content-length", "0"))
-        while len(self.buf) < size:
-            data = sock.recv(RECV)
-            if not data:
-                break
-            self.buf += data
-        body, self.buf = self.buf[:size], self.buf[size:]
+        if not head and "chunked" in headers.get("transfer-encoding", "").lower():
+            body = self._chunked_body(sock)  # Node's http server frames even empty bodies
+        else:
+            size = 0 if head else int(headers.get("content-length", "0"))
+            self._fill(sock, size)
+            body, self.buf = self.buf[:size], self.buf[size:]
         response = Response(int(status_line.split()[1]), headers, body)
         if headers.get("connection", "").lower() == "close":
             self.close()
         return response
+
+    def _fill(self, sock: socket.socket, size: int) -> None:
+        while len(self.buf) < size:
+            data = sock.recv(RECV)
+            if not data:
+                raise HTTPError("connection closed inside a response body")
+            self.buf += data
+
+    def _line(self, sock: socket.socket) -> bytes:
+        while b"\r\n" not in self.buf:
+            self._fill(sock, len(self.buf) + 1)
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def _chunked_body(self, sock: socket.socket) -> bytes:
+        body = b""
+        while size := int(self._line(sock).split(b";", 1)[0], 16):
+            self._fill(sock, size + 2)
+            body, self.buf = body + self.buf[:size], self.buf[size + 2 :]
+        while self._line(sock):  # trailers, up to the empty line
+            pass
+        return body
 
     def request(
         self,

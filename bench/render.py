@@ -9,6 +9,8 @@ from typing import Any
 def fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return "-"
+    if unit == "count":
+        return f"{value:.0f}"
     if unit in ("ms", "MB", "s/GB"):
         return (
             f"{value:.2f}"
@@ -29,7 +31,7 @@ def render(result: dict[str, Any]) -> str:
     header = ["figure", "unit", "limit", "baseline", "uploadsvc"]
     if with_nginx:
         header.append("nginx+u")
-    header += ["u/limit", "u/base"]
+    header += ["@tus/server", "u/limit", "u/base", "u/tus"]
     if with_nginx:
         header += ["n/limit", "n/base"]
     header += ["target", "uploadsvc"]
@@ -47,7 +49,9 @@ def render(result: dict[str, Any]) -> str:
         ]
         if with_nginx:
             cells.append(fmt(v["nginx+uploadsvc"], e["unit"]))
+        cells.append(fmt(v.get("@tus/server"), e["unit"]))
         cells += [fmt_ratio(e["uploadsvc_vs_limit"]), fmt_ratio(e["uploadsvc_vs_baseline"])]
+        cells.append(fmt_ratio(e.get("uploadsvc_vs_tus")))
         if with_nginx:
             cells += [fmt_ratio(e["nginx_vs_limit"]), fmt_ratio(e["nginx_vs_baseline"])]
         verdict = {True: "PASS", False: "MISS", None: "-"}

@@ -12,6 +12,13 @@ Targets, all on 127.0.0.1, all fsyncing what they store before they answer:
 - **uploadsvc**: ``gunicorn -c gunicorn.conf.py wsgi:app`` as shipped, UPLOADSVC_FSYNC=1.
 - **nginx+uploadsvc**: deploy/nginx.conf in front of another uploadsvc (skipped, with a
   note, when that file or nginx is missing).
+- **@tus/server**: the Node tus server users would pick instead (bench/tus_server.mjs,
+  pinned by bench/tus-node/package-lock.json; skipped, with a note, without node or
+  its node_modules). It doesn't fsync.
+
+After the repetitions, the capacity workload (bench/capacity.py) runs once per target
+(not nginx+uploadsvc) for each N of ``--capacity``: N slow uploads in flight for
+``--capacity-hold`` seconds while a probe measures everybody else's latency.
 
 Every repetition runs every workload on every target, the target order rotating, so
 machine noise (other work, a disk whose speed varies) hits all targets alike; the table
@@ -34,12 +41,20 @@ from pathlib import Path
 from typing import Any
 
 import httpclient as hc
+from capacity import capacity, raise_fd_limit
 from render import render
-from rows import BIG_ROWS, ROWS, SAME_RUN
+from rows import BIG_ROWS, ROWS, SAME_RUN, capacity_rows
 from settings import CLIENTS, REPO, RESULTS, SMALL, GiB, MiB, log
 from sources import Sources
 from summary import fs_type, summarize
-from targets import Target, baseline_target, limit_target, nginx_target, uploadsvc_target
+from targets import (
+    Target,
+    baseline_target,
+    limit_target,
+    nginx_target,
+    tus_node_target,
+    uploadsvc_target,
+)
 from workloads import big_upload, concurrent, disk_write, drop_resume, loopback
 
 
@@ -59,6 +74,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"nginx+uploadsvc skipped: {nginx}")
     else:
         targets.append(nginx)
+    tus = tus_node_target(work)
+    if isinstance(tus, str):
+        skipped["@tus/server"] = tus
+        log(f"@tus/server skipped: {tus}")
+    else:
+        targets.append(tus)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     def record(key: str, name: str, result: dict[str, Any]) -> None:
@@ -109,6 +130,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"   drop_{how}    {target.name:16s} {result['ms']:7.1f} ms"
                         f"  offset kept: {result['offset_kept']}  HEADs {result['heads']}"
                     )
+        capacity_targets = [t for t in targets if t.name != "nginx+uploadsvc"]
+        for index, count in enumerate(args.capacity):
+            shift = index % len(capacity_targets)
+            for target in capacity_targets[shift:] + capacity_targets[:shift]:
+                result = capacity(target, count, args.capacity_hold, head_paths[target.name][0])
+                record(f"capacity_{count}", target.name, result)
+                log(
+                    f"   capacity {count:4d} {target.name:16s} probe p50"
+                    f" {result['probe_p50_ms'] or 0:6.1f} ms p99 {result['probe_p99_ms'] or 0:7.1f}"
+                    f" ms  errors {result['errors']}  rss {result['rss_MB']:.0f} MB"
+                    f"  cpu {result['server_cpu_share']:.0%}"
+                )
+                for error in result["first_errors"][:2]:
+                    log(f"      {error}")
         if args.big:
             for target in targets:
                 if target.name == "baseline" and not args.big_baseline:
@@ -138,7 +173,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for key, source in SAME_RUN.items():
         if source in runs:
             runs[key] = runs[source]
-    rows = ROWS + (BIG_ROWS if args.big else [])
+    more_rows, same_run = capacity_rows(args.capacity)
+    for key, source in same_run.items():
+        if source in runs:
+            runs[key] = runs[source]
+    rows = ROWS + more_rows + (BIG_ROWS if args.big else [])
     return summarize(rows, runs, targets, skipped, args, work)
 
 
@@ -176,7 +215,20 @@ def main() -> None:
         default=str(REPO / "deploy" / "nginx.conf"),
         help="the nginx site in front of uploadsvc (default deploy/nginx.conf)",
     )
-    parser.add_argument("--quick", action="store_true", help="1 repetition, 256 MiB, 3 s runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 repetition, 256 MiB, 3 s runs, 10 s capacity holds"
+    )
+    parser.add_argument(
+        "--capacity",
+        default="128,512,1000",
+        help="slow uploads in flight, per capacity run (comma-separated; '' skips them)",
+    )
+    parser.add_argument(
+        "--capacity-hold",
+        type=float,
+        default=60.0,
+        help="seconds each capacity run holds its uploads in flight (default 60)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data)")
     parser.add_argument(
         "--also",
@@ -190,6 +242,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.reps, args.size_mib, args.duration = 1, 256, 3.0
+        args.capacity_hold = min(args.capacity_hold, 10.0)
+    args.capacity = [int(n) for n in args.capacity.split(",") if n.strip()]
+    # Every capacity client and the server's end of it is an open file; gunicorn.conf.py
+    # raises the server's own limit.
+    raise_fd_limit(4 * max(args.capacity, default=0) + 4096)
     started = time.monotonic()
     args.load_at_start = list(os.getloadavg())
     result = run(args)

@@ -11,7 +11,8 @@ BIN = Path(sys.executable).parent
 RESULTS = REPO / "bench-results"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
-MAIN = ("limit", "baseline", "uploadsvc", "nginx+uploadsvc")  # the columns of the table
+MAIN = ("limit", "baseline", "uploadsvc", "nginx+uploadsvc", "@tus/server")  # the table's columns
+TUS = "@tus/server"  # the peer users would pick instead: bench/tus_server.mjs
 SMALL = 64 * KiB  # the small uploads' size
 PATCH_8M = 8 * MiB
 CHUNK = 64 * KiB  # chunk size of the chunked workload

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rows import Row, paired
-from settings import CLIENT_PROCS, CLIENTS, MAIN, REPO
+from settings import CLIENT_PROCS, CLIENTS, MAIN, REPO, TUS
 from targets import Target
 
 
@@ -50,7 +50,7 @@ def summarize(
     }
     for row in rows:
         values: dict[str, float | None] = {}
-        for name in dict.fromkeys(["limit", "baseline", "uploadsvc", "nginx+uploadsvc", *names]):
+        for name in dict.fromkeys([*MAIN, *names]):
             results = runs.get(row.key, {}).get(name, [])
             numbers = [r[row.metric] for r in results if row.metric in r]
             if not numbers:
@@ -72,6 +72,7 @@ def summarize(
             "runs": {name: runs.get(row.key, {}).get(name, []) for name in names},
             "uploadsvc_vs_limit": vs("uploadsvc", "limit"),
             "uploadsvc_vs_baseline": vs("uploadsvc", "baseline"),
+            "uploadsvc_vs_tus": vs("uploadsvc", TUS),
             "nginx_vs_limit": vs("nginx+uploadsvc", "limit"),
             "nginx_vs_baseline": vs("nginx+uploadsvc", "baseline"),
             "extras_vs_uploadsvc": {
@@ -120,8 +121,9 @@ def summarize(
             "client": client_load(runs, loopback_MBps),
             "notes": [
                 "All targets fsync before answering (uploadsvc: UPLOADSVC_FSYNC=1).",
-                "Ratios (u: uploadsvc, n: nginx+uploadsvc): median of the per-repetition"
-                " ratios to limit and to baseline; for ms, MB and s/GB lower is better.",
+                "Ratios (u: uploadsvc, n: nginx+uploadsvc, tus: @tus/server): median of the"
+                " per-repetition ratios to limit, baseline and @tus/server; for ms, MB, s/GB"
+                " and counts lower is better.",
                 "limit = bench/limit_server.py on the same workload; baseline = Flask"
                 " copyfileobj(request.stream) under gunicorn with uploadsvc's worker model ("
                 + next((t.note for t in targets if t.name == "baseline"), "?")
@@ -129,10 +131,29 @@ def summarize(
                 f"Values: median of {args.reps} runs (RSS: worst run); small uploads"
                 f" and HEAD: {CLIENTS} keep-alive clients in {CLIENT_PROCS} processes,"
                 f" {args.duration:g} s after {args.warmup:g} s warm-up.",
+                *capacity_notes(args, targets),
             ],
         },
         "table": table,
     }
+
+
+def capacity_notes(args: argparse.Namespace, targets: list[Target]) -> list[str]:
+    notes = [f"{TUS}: " + next((t.note for t in targets if t.name == TUS), "not measured") + "."]
+    if args.capacity:
+        notes.append(
+            "Capacity (bench/capacity.py): N uploads trickling 4 KiB/s (1 KiB sends), each"
+            " from a loopback address of its own, held in flight"
+            f" {args.capacity_hold:g} s after they all started, once per target; the probe"
+            " HEADs a complete upload every 50 ms and runs a small upload (POST + PATCH"
+            " 64 KiB + HEAD) every 250 ms, fresh connections from other addresses; p50/p99"
+            " over every probe request (one unanswered in 10 s counts as 10 s and an"
+            " error). Errors also count bodies with over 16 KiB (4 s) unread in the server's"
+            " receive queue at the end of the hold and uploads not then finished 204 at"
+            " their length."
+            " RSS: the server's process tree, peak. nginx+uploadsvc not measured here."
+        )
+    return notes
 
 
 def client_load(

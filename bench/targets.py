@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -72,7 +73,13 @@ def limit_target(work: Path) -> Target:
 def shipped_worker_model(work: Path) -> dict[str, str]:
     """worker_class, workers, threads and keepalive as uploadsvc's gunicorn.conf.py
     resolves them (``gunicorn --print-config``), for the baseline to use the same."""
-    model = {"worker_class": "gthread", "workers": "2", "threads": "32", "keepalive": "75"}
+    model = {
+        "worker_class": "gthread",
+        "workers": "2",
+        "threads": "32",
+        "keepalive": "75",
+        "worker_connections": "1000",
+    }
     scratch = work / "print-config"
     scratch.mkdir()
     out = subprocess.run(
@@ -96,10 +103,14 @@ def baseline_target(work: Path) -> Target:
     model = shipped_worker_model(work)
     workers = ["-k", model["worker_class"], "-w", model["workers"]]
     workers += ["--threads", model["threads"], "--keep-alive", model["keepalive"]]
+    workers += ["--worker-connections", model["worker_connections"]]
     argv = [str(BIN / "gunicorn"), *workers, "--no-control-socket"]
     argv += ["-b", f"127.0.0.1:{port}", "--chdir", str(BENCH), "baseline_app:app"]
     env = clean_env(BENCH_DATA_DIR=str(data))
-    note = f"{model['worker_class']} {model['workers']}x{model['threads']}, as uploadsvc's"
+    note = (
+        f"{model['worker_class']} {model['workers']}x{model['threads']},"
+        f" {model['worker_connections']} connections per worker, as uploadsvc's"
+    )
     return Target(
         "baseline", port, "/files/", data, [(argv, env, REPO)], work / "baseline.log", note=note
     )
@@ -118,10 +129,11 @@ def uploadsvc_command(
     return argv, environ, tree
 
 
-def uploadsvc_target(work: Path, name: str = "uploadsvc", tree: Path = REPO) -> Target:
-    """uploadsvc as shipped; ``tree``: another checkout of it (``--also``)."""
+def uploadsvc_target(work: Path, name: str = "uploadsvc", tree: Path = REPO, **env: str) -> Target:
+    """uploadsvc as shipped; ``tree``: another checkout of it (``--also``); ``env``:
+    settings changed from the shipped ones."""
     port = free_port()
-    command = uploadsvc_command(work, name, port, tree)
+    command = uploadsvc_command(work, name, port, tree, **env)
     note = "" if tree == REPO else f"uploadsvc from {tree}"
     return Target(
         name, port, "/files/", work / name / "files", [command], work / f"{name}.log", note=note
@@ -195,3 +207,36 @@ http {{
         work / "nginx.log",
         note=f"{site.name} (listen and upstream ports changed), access log on",
     )
+
+
+TUS_NODE = BENCH / "tus-node"
+
+
+def tus_node_target(work: Path) -> Target | str:
+    """@tus/server + @tus/file-store under Node (bench/tus_server.mjs), or why not."""
+    node = shutil.which("node")
+    if node is None:
+        return "node not found"
+    if not (TUS_NODE / "node_modules" / "@tus" / "server").is_dir():
+        return "bench/tus-node not installed (`make bench` runs `npm ci` there)"
+    port, data = free_port(), work / "tus-node"
+    data.mkdir()
+    argv = [node, str(BENCH / "tus_server.mjs"), str(port), str(data)]
+    version = subprocess.run(
+        [node, "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return Target(
+        "@tus/server",
+        port,
+        "/files/",
+        data,
+        [(argv, clean_env(), REPO)],
+        work / "tus-node.log",
+        note=f"@tus/server {_npm_version('server')} + @tus/file-store"
+        f" {_npm_version('file-store')}, Node {version}, one process; doesn't fsync",
+    )
+
+
+def _npm_version(package: str) -> str:
+    manifest = TUS_NODE / "node_modules" / "@tus" / package / "package.json"
+    return str(json.loads(manifest.read_text()).get("version", "?"))

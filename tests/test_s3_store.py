@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 from tests.conftest import TUS, Clock, database_settings, service
 from tests.s3 import S3Server
 from uploadsvc import check_reachable, close_app, create_app
-from uploadsvc.config import ConfigError, Settings
+from uploadsvc.config import DEFAULT_THREADS, ConfigError, Settings
 from uploadsvc.errors import InsufficientStorage
 from uploadsvc.storage import StoreUnavailable
 from uploadsvc.storage.s3 import MAX_SEGMENTS, S3Store
@@ -228,7 +228,7 @@ def test_the_connection_pool_covers_the_threads(store: S3Store) -> None:
     # gunicorn's default UPLOADSVC_THREADS: each thread may hold a connection at once.
     config = store.client.meta.config
     # botocore sets a Config's options as attributes its stubs don't declare.
-    assert config.max_pool_connections >= 128  # type: ignore[attr-defined]
+    assert config.max_pool_connections >= DEFAULT_THREADS  # type: ignore[attr-defined]
 
 
 def test_empty_upload(store: S3Store) -> None:

@@ -5,7 +5,11 @@ logs why). The behaviour itself is tested live: tests/live/test_slow_clients.py.
 
 from __future__ import annotations
 
+import resource
+import runpy
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gunicorn.workers import gthread  # type: ignore[import-untyped]
@@ -51,3 +55,53 @@ def test_a_missing_piece_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_gunicorn_conf_ships_the_worker() -> None:
     text = (ROOT / "gunicorn.conf.py").read_text()
     assert 'worker_class = "uploadsvc.worker.HeaderDeadlineWorker"' in text
+
+
+@pytest.fixture
+def open_file_limit() -> Iterator[tuple[int, int]]:
+    """The open-file limits, restored after the test (gunicorn.conf.py raises them)."""
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    yield limits
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
+def _conf(monkeypatch: pytest.MonkeyPatch, threads: str | None) -> dict[str, Any]:
+    if threads is None:
+        monkeypatch.delenv("UPLOADSVC_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("UPLOADSVC_THREADS", threads)
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
+@pytest.mark.parametrize("threads", [None, "1", "4096"])
+def test_every_thread_count_keeps_keepalive_on(
+    monkeypatch: pytest.MonkeyPatch, open_file_limit: tuple[int, int], threads: str | None
+) -> None:
+    # gthread keeps a connection alive only while fewer than worker_connections - threads
+    # are idle: gunicorn's default 1,000 connections under 1,024 threads turns it off.
+    conf = _conf(monkeypatch, threads)
+    assert conf["worker_connections"] - conf["threads"] >= 1000
+    assert conf["keepalive"] > 0
+
+
+def test_the_default_holds_a_thousand_uploads_per_worker(
+    monkeypatch: pytest.MonkeyPatch, open_file_limit: tuple[int, int]
+) -> None:
+    # README "Capacity": 1,000 uploads in flight land unevenly on 2 workers; each worker
+    # has a thread for every one of them.
+    conf = _conf(monkeypatch, None)
+    assert conf["threads"] >= 1000
+
+
+def test_the_open_file_limit_is_raised_for_the_connections(
+    monkeypatch: pytest.MonkeyPatch, open_file_limit: tuple[int, int]
+) -> None:
+    _soft, hard = open_file_limit
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"hard open-file limit {hard}: nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    conf = _conf(monkeypatch, None)
+    # A socket, a data file and a lock file per upload in flight, and the idle connections.
+    want = 3 * conf["threads"] + conf["KEEPALIVE_CONNECTIONS"]
+    raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert raised == resource.RLIM_INFINITY or raised >= min(want, hard)

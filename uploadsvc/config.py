@@ -41,9 +41,9 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_MIN_RATE = 1024
 DEFAULT_MIN_RATE_WINDOW = 20.0
 DEFAULT_MIN_RATE_GRACE = 10.0
-# Upload bodies one client address may stream at once in one worker (threads: 128): a
-# quarter of a worker's threads, so one address can't take a worker, while an office
-# behind one NAT address still uploads 32 files at a time per worker.
+# Upload bodies one client address may stream at once in one worker: a small share of
+# its threads (1,024), so a few addresses can't take a worker, while an office behind
+# one NAT address still uploads 32 files at a time per worker.
 DEFAULT_MAX_UPLOADS_PER_CLIENT = 32
 MAX_SLOW_CLIENT_SECONDS = 3600.0
 # An unfinished upload that got no byte for this long is marked stalled; by default the
@@ -557,7 +557,11 @@ def _count_within(values: Mapping[str, Any], name: str, default: int, high: int)
 # gunicorn's own settings (gunicorn.conf.py). A worker holds a few hundred MiB at most and
 # a thread an 8 MiB stack reservation: beyond these, a typo, not a plan.
 DEFAULT_WORKERS = 2
-DEFAULT_THREADS = 128
+# Every upload in flight holds a thread, and 1,000 slow uploads on 2 workers land
+# unevenly (about 460 and 550 measured), so each worker gets room for all of them at
+# once. Threads start only when needed (concurrent.futures), so idle ones cost nothing;
+# a busy one about 160 KB (README "Capacity").
+DEFAULT_THREADS = 1024
 MAX_WORKERS = 256
 MAX_THREADS = 4096
 DEFAULT_BIND = "127.0.0.1:8080"

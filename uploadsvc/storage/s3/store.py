@@ -36,11 +36,11 @@ log = logging.getLogger(__name__)
 MIN_PART = 5 * MIB
 # boto3's connection pool, per worker process. Each request thread using the store
 # holds one connection at a time (parts go one after another), and gunicorn runs
-# UPLOADSVC_THREADS of them (128 by default): a smaller pool opens a new connection for
+# UPLOADSVC_THREADS of them (1,024 by default): a smaller pool opens a new connection for
 # every request past it and throws it away after ("Connection pool is full"), a TCP
 # and TLS handshake per part. Connections open only when needed, so a generous bound
-# costs nothing idle; it covers up to 512 threads per worker.
-POOL_CONNECTIONS = 512
+# costs nothing idle; it covers the default threads per worker.
+POOL_CONNECTIONS = 1024
 # Downloads read the object in blocks this large (one streaming GET per seek).
 READ_BUFFER = MIB
 
