@@ -26,6 +26,7 @@ from .metrics import Metrics
 from .overrides import MethodOverride
 from .parts import EXTENSION, Parts, parts
 from .records import Limits
+from .registry import Registry
 from .service import UploadService, utcnow
 from .storage import StoreUnavailable, UploadStore
 from .storage.filesystem import FileStore
@@ -57,6 +58,9 @@ def create_app(
     sessions = db.make_sessionmaker(engine)
     # Reads (downloads, HEADs, /metrics, /healthz, the page's list) take no write lock.
     readers = db.make_readers(engine)
+    # The hot paths' plain SQL (registry.py), on the same engine.
+    registry = Registry(engine)
+    closers.append(registry.close)
     metrics = Metrics(readers)
     hooks = Hooks(
         target=load_hooks(settings.hooks) if settings.hooks else None,
@@ -78,6 +82,7 @@ def create_app(
         clock=clock,
         hooks=hooks,
         readers=readers,
+        registry=registry,
     )
     transfers = TransferMonitor(
         locker,

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import TusError
-from .models import Concat, Upload, UploadState
+from .models import Concat, Upload, UploadRow, UploadState
 from .protocol import parse_metadata
 
 __all__ = ["Concat", "Limits", "UploadInfo", "UploadState", "upload_json"]
@@ -51,7 +51,7 @@ class UploadInfo:
         return self.state is UploadState.COMPLETED
 
     @classmethod
-    def of(cls, row: Upload, parts: tuple[str, ...] = ()) -> UploadInfo:
+    def of(cls, row: Upload | UploadRow, parts: tuple[str, ...] = ()) -> UploadInfo:
         return cls(
             id=row.id,
             state=row.state,

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
-from sqlalchemy import CursorResult, Select, select, update
+from sqlalchemy import Select, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -41,8 +41,9 @@ from .errors import (
 )
 from .hooks import HookRequest, Hooks
 from .locking import Locker
-from .models import Concat, Upload, UploadPart, UploadState, is_expired
+from .models import Concat, Upload, UploadPart, UploadRow, UploadState, is_expired
 from .records import Limits, UploadInfo
+from .registry import Registry, Transaction
 from .storage import NotDurable, UploadStore
 from .storage.chained import chained
 
@@ -144,10 +145,14 @@ class UploadService:
         new_id: Callable[[], str] = new_upload_id,
         hooks: Hooks | None = None,
         readers: sessionmaker[Session] | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.sessions = sessions
         # Read-only transactions (db.make_readers); the writers' sessions by default.
         self.readers = readers or sessions
+        # The hot paths' transactions (plain SQL, registry.py); the ORM sessions above
+        # serve the rest (concatenation's queries, terminate, downloads).
+        self.registry = registry or Registry.of(sessions)
         self.store = store
         self.locker = locker
         self.limits = limits
@@ -189,8 +194,8 @@ class UploadService:
         if not protocol.is_upload_id(upload_id):
             log.error("pre_create hook chose an invalid upload id %r", upload_id)
             raise HookFailed("the server's pre-create hook chose an invalid id")
-        with self.readers.begin() as session:
-            if session.get(Upload, upload_id) is not None:
+        with self.registry.reading() as tx:
+            if tx.get(upload_id) is not None:
                 raise UploadExists()
         return upload_id
 
@@ -217,18 +222,8 @@ class UploadService:
         self.store.finish(info.id)
         info = replace(info, finish_headers=self.hooks.pre_finish(info))
         now = self.clock()
-        with self.sessions.begin() as session:
-            won = session.execute(
-                update(Upload)
-                .where(
-                    Upload.id == info.id,
-                    Upload.state == UploadState.COMPLETED,
-                    Upload.finished_at.is_(None),
-                )
-                .values(finished_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            if cast("CursorResult[Any]", won).rowcount != 1:
+        with self.registry.writing() as tx:
+            if not tx.finish(info.id, now):
                 # Another holder finished it meanwhile (a lost lock), or it is gone.
                 log.warning("upload %s: finished elsewhere meanwhile", info.id)
                 return replace(info, finished_at=now)
@@ -245,8 +240,8 @@ class UploadService:
         failure here is logged, and the finish stays due for the next request.
         ``size``: the store's, when the request knows it (see ``_KnownSize``)."""
         try:
-            with self.readers.begin() as session:
-                row = session.get(Upload, upload_id)
+            with self.registry.reading() as tx:
+                row = tx.get(upload_id)
                 if row is None:
                     return None
                 info = UploadInfo.of(row)
@@ -254,9 +249,10 @@ class UploadService:
             if unsettled and size is None:
                 size = self.store.size(upload_id)
             if unsettled and size is not None and size != info.offset:
-                with self.sessions.begin() as session:
-                    row = self._load_row(session, upload_id)
+                with self.registry.writing() as tx:
+                    row = self._read_row(tx, upload_id)
                     self._reconcile_row(row, size)
+                    tx.save(row)
                     info = UploadInfo.of(row)
             return self._complete(info)
         except TusError:
@@ -311,21 +307,17 @@ class UploadService:
         # its lock, cleanup and terminate treat it as one.
         self.store.create(row.id)
         try:
-            with self.sessions.begin() as session:
+            with self.registry.writing() as tx:
                 for partial_id in sorted(set(partial_ids)):
                     # Again, with each partial's row locked (PostgreSQL; SQLite's write
                     # transactions are serial): a DELETE of one either came first (410
                     # here) or finds this final naming it, and keeps its bytes.
-                    partial = session.get(Upload, partial_id, with_for_update=True)
+                    partial = tx.get(partial_id, for_update=True)
                     if partial is None:
                         raise UploadNotFound(f"partial upload {partial_id} not found")
                     self._partial_length(UploadInfo.of(partial))
-                session.add(row)
-                session.flush()  # the upload row before its parts (foreign key)
-                session.add_all(
-                    UploadPart(final_id=row.id, position=position, partial_id=partial_id)
-                    for position, partial_id in enumerate(partial_ids)
-                )
+                tx.insert(row)  # the upload row before its parts (foreign key)
+                tx.insert_parts(row.id, partial_ids)
         except BaseException:
             self.store.delete(row.id)
             raise
@@ -351,10 +343,10 @@ class UploadService:
 
     def _new_row(
         self, length: int | None, metadata: dict[str, bytes | None], concat: Concat | None
-    ) -> Upload:
+    ) -> UploadRow:
         now = self.clock()
         done = length == 0 and concat is not Concat.FINAL
-        return Upload(
+        return UploadRow(
             id=self.new_id(),
             state=UploadState.COMPLETED if done else UploadState.ACTIVE,
             length=length,
@@ -368,16 +360,14 @@ class UploadService:
             concat=concat,
         )
 
-    def _register(self, row: Upload, parts: Iterable[UploadPart] = ()) -> None:
+    def _register(self, row: UploadRow) -> None:
         upload_id = row.id
         # Data first: a row never exists without its file. A full disk fails here,
         # before anything is registered.
         self.store.create(upload_id)
         try:
-            with self.sessions.begin() as session:
-                session.add(row)
-                session.flush()  # the upload row before its parts (foreign key)
-                session.add_all(parts)
+            with self.registry.writing() as tx:
+                tx.insert(row)
         except BaseException:
             self.store.delete(upload_id)
             raise
@@ -388,10 +378,13 @@ class UploadService:
         """The upload as the registry has it, tombstones included: what the authorize
         hook decides on. A read only: no lock, no write, no store. An id this server
         could not have made, or doesn't know, is ``UploadNotFound`` (404)."""
-        info = self.describe_many([upload_id]).get(upload_id)
-        if info is None:
+        if not protocol.is_upload_id(upload_id):
             raise UploadNotFound()
-        return info
+        with self.registry.reading() as tx:
+            row = tx.get(upload_id)
+            if row is None:
+                raise UploadNotFound()
+            return UploadInfo.of(row, self._parts_of(tx, row))
 
     def describe_many(self, upload_ids: Iterable[str]) -> dict[str, UploadInfo]:
         """``describe`` for many ids at once (unknown ones are left out)."""
@@ -409,9 +402,9 @@ class UploadService:
         with self._hold(upload_id) as size:
             # Usually the row agrees with the data file: reading is enough, and a read
             # waits for no writer. Only a row to reconcile takes a write transaction.
-            with self.readers.begin() as session:
-                row = self._load_row(session, upload_id)
-                info = UploadInfo.of(row, self._parts(session, row))
+            with self.registry.reading() as tx:
+                row = self._read_row(tx, upload_id)
+                info = UploadInfo.of(row, self._parts_of(tx, row))
             if info.concat is Concat.FINAL:
                 # Its bytes are its partials' (download): its own data holds none, so
                 # there is nothing to reconcile; a finish left due is resumed.
@@ -425,10 +418,11 @@ class UploadService:
                 size = info.offset
             if row.verifying or size != info.offset:
                 try:
-                    with self.sessions.begin() as session:
-                        row = self._load_row(session, upload_id)
+                    with self.registry.writing() as tx:
+                        row = self._read_row(tx, upload_id)
                         self._reconcile_row(row, size)
-                        info = UploadInfo.of(row, self._parts(session, row))
+                        tx.save(row)
+                        info = UploadInfo.of(row)
                 except OperationalError as error:
                     if db.registry_full(error) is None or size != info.offset:
                         raise
@@ -560,8 +554,9 @@ class UploadService:
             known.value = info.offset  # the row and the store agree again
             return info
 
-        with self.sessions.begin() as session:
-            row = self._load_row(session, upload_id)
+        def check(row: UploadRow) -> int:
+            """The checks before the body (changing ``row`` as they go): the bytes
+            the body may bring."""
             known.value = self._reconcile_row(row, known.value)
             if row.concat is Concat.FINAL:
                 raise Forbidden("a final upload is made by concatenation, not PATCH")
@@ -582,7 +577,21 @@ class UploadService:
                 row.updated_at = self.clock()
                 self._mark_complete_if_done(row)
             row.verifying = verify
-            before = UploadInfo.of(row)
+            return limit
+
+        # Usually the checks change nothing (no reconcile, no length, no checksum): a
+        # read then, which waits for no writer; else a write, checked again in it.
+        with self.registry.reading() as tx:
+            row = self._read_row(tx, upload_id)
+            writes = verify or length is not None or self._unreconciled(row, known.value)
+            if not writes:
+                limit = check(row)
+        if writes:
+            with self.registry.writing() as tx:
+                row = self._read_row(tx, upload_id)
+                limit = check(row)
+                tx.save(row)
+        before = UploadInfo.of(row)
         if before.complete:
             # Declaring the length completed it, or it was complete already.
             return before
@@ -720,8 +729,8 @@ class UploadService:
         if not protocol.is_upload_id(upload_id):
             # Never a path: only ids we could have made reach storage and locks.
             raise UploadNotFound()
-        with self.readers.begin() as session:
-            self._load_row(session, upload_id)
+        with self.registry.reading() as tx:
+            self._read_row(tx, upload_id)
 
     @contextmanager
     def _hold(self, upload_id: str) -> Iterator[int]:
@@ -741,13 +750,33 @@ class UploadService:
         row = session.get(Upload, upload_id)
         if row is None:
             raise UploadNotFound()
+        self._check_live(row)
+        return row
+
+    def _read_row(self, tx: Transaction, upload_id: str) -> UploadRow:
+        """``_load_row`` on the hot paths (registry.py)."""
+        row = tx.get(upload_id)
+        if row is None:
+            raise UploadNotFound()
+        self._check_live(row)
+        return row
+
+    def _check_live(self, row: Upload | UploadRow) -> None:
         if row.state in (UploadState.TERMINATED, UploadState.EXPIRED):
             raise UploadGone()
         if row.expired_at(self.clock()):
             raise UploadGone("upload expired")
-        return row
 
-    def _reconcile_row(self, row: Upload, size: int | None) -> int | None:
+    @staticmethod
+    def _parts_of(tx: Transaction, row: UploadRow) -> tuple[str, ...]:
+        return tx.parts(row.id) if row.concat is Concat.FINAL else ()
+
+    @staticmethod
+    def _unreconciled(row: UploadRow, size: int | None) -> bool:
+        """Whether ``_reconcile_row`` would change ``row`` (or refuse it)."""
+        return row.concat is not Concat.FINAL and (row.verifying or size != row.offset)
+
+    def _reconcile_row(self, row: Upload | UploadRow, size: int | None) -> int | None:
         """Make the row agree with the data file (``size``, read under the lock) after a
         crash between write and record: may truncate the store. Returns the store's
         size after it.
@@ -783,7 +812,7 @@ class UploadService:
             log.error("upload %s: its lock was lost mid-request; stopping", upload_id)
             raise LockLost()
 
-    def _declare_length(self, row: Upload, length: int) -> None:
+    def _declare_length(self, row: Upload | UploadRow, length: int) -> None:
         if row.length is not None:
             if row.length != length:
                 raise InvalidHeader("Upload-Length can't change once set")
@@ -794,7 +823,7 @@ class UploadService:
             raise InvalidHeader("Upload-Length is below the upload's offset")
         row.length = length
 
-    def _mark_complete_if_done(self, row: Upload) -> None:
+    def _mark_complete_if_done(self, row: Upload | UploadRow) -> None:
         now = self.clock()
         if row.length is not None and row.offset >= row.length:
             row.state = UploadState.COMPLETED
@@ -838,14 +867,15 @@ class UploadService:
                 # makes the reconcile drop the rest rather than count it.
                 doubtful = True
         try:
-            with self.sessions.begin() as session:
-                row = session.get(Upload, upload_id)
+            with self.registry.writing() as tx:
+                row = tx.get(upload_id)
                 if row is None:
                     raise UploadNotFound()
                 row.offset = stored
                 row.verifying = doubtful
                 row.updated_at = self.clock()
                 self._mark_complete_if_done(row)
+                tx.save(row)
                 return UploadInfo.of(row)
         except OperationalError as error:
             full = db.registry_full(error, offset=start)

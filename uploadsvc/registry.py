@@ -1,0 +1,329 @@
+"""The registry's hot paths: the few statements every tus request runs, as plain SQL
+over DB-API connections, for SQLite and PostgreSQL alike.
+
+Why not the ORM here: a read transaction loading one row through ``Session.get`` cost
+about 690 us on the 2-core bench machine, through SQLAlchemy Core about 220 us, and over
+the driver directly about 8 us (PROFILES.md, "Small requests"). A small upload runs
+about ten such statements. Everything else (cleanup, the page's list, concatenation's
+bookkeeping, migrations, tests) keeps using the ORM models in models.py: both describe
+the same table, and tests/test_registry.py holds this module's SQL to them.
+
+Transactions, by name: ``reading()`` (never waits for a writer: SQLite's BEGIN
+DEFERRED in WAL mode) and ``writing()`` (SQLite: BEGIN IMMEDIATE, taken by one thread of
+the process at a time). SQLite's own wait for its write lock is a busy handler that
+sleeps 1, 2, 5, ... 100 ms between tries, so threads contending for it waited far
+longer than the write took (half of all thread time under 16 clients, p99 over 1.5 s);
+queued on a lock in the process, the next writer starts the moment the last commits.
+
+To add a column: models.Upload (and a migration), ``UploadRow`` (models.py) and
+``COLUMNS`` below. To add a statement that must commit with a state change (an outbox
+row, a quota): a method on ``Transaction``, called inside the ``writing()`` block that
+makes the change; write its SQL with ``:name`` parameters (``_Sql`` renders them for
+the driver) and convert datetimes with ``Transaction.time_in``/``time_out``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import db
+from .models import Concat, UploadRow, UploadState
+
+# uploads' columns in UploadRow's field order.
+COLUMNS = (
+    "id",
+    "state",
+    "length",
+    "offset",
+    "upload_metadata",
+    "verifying",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "completed_at",
+    "finished_at",
+    "concat",
+)
+_TIMES = frozenset({"created_at", "updated_at", "expires_at", "completed_at", "finished_at"})
+_SELECT = "SELECT " + ", ".join(f'"{c}"' for c in COLUMNS) + " FROM uploads WHERE id = :id"
+
+
+class _Sql:
+    """A statement written with ``:name`` parameters, rendered once for the driver's
+    paramstyle (sqlite3 takes ``:name`` as it is; psycopg wants ``%(name)s``)."""
+
+    _NAMED = re.compile(r"(?<![:\w]):(\w+)")
+
+    def __init__(self, text: str) -> None:
+        self.named = text
+        self.pyformat = self._NAMED.sub(r"%(\1)s", text.replace("%", "%%"))
+
+    def text(self, paramstyle: str) -> str:
+        return self.pyformat if paramstyle == "pyformat" else self.named
+
+
+_GET = _Sql(_SELECT)
+_GET_FOR_UPDATE = _Sql(_SELECT + " FOR UPDATE")
+_INSERT = _Sql(
+    "INSERT INTO uploads ("
+    + ", ".join(f'"{c}"' for c in COLUMNS)
+    + ") VALUES ("
+    + ", ".join(f":{c}" for c in COLUMNS)
+    + ")"
+)
+_FINISH = _Sql(
+    "UPDATE uploads SET finished_at = :now"
+    " WHERE id = :id AND state = :completed AND finished_at IS NULL"
+)
+_PARTS = _Sql("SELECT partial_id FROM upload_parts WHERE final_id = :id ORDER BY position")
+_INSERT_PART = _Sql(
+    "INSERT INTO upload_parts (final_id, position, partial_id)"
+    " VALUES (:final_id, :position, :partial_id)"
+)
+_UPDATES: dict[tuple[str, ...], _Sql] = {}
+
+
+def _update(columns: tuple[str, ...]) -> _Sql:
+    sql = _UPDATES.get(columns)
+    if sql is None:
+        assignments = ", ".join(f'"{c}" = :{c}' for c in columns)
+        sql = _UPDATES[columns] = _Sql(f"UPDATE uploads SET {assignments} WHERE id = :id")
+    return sql
+
+
+class Transaction:
+    """One transaction's statements on the uploads table."""
+
+    def __init__(self, cursor: Any, sqlite: bool) -> None:
+        self.cursor = cursor
+        self.sqlite = sqlite
+        self.paramstyle = "named" if sqlite else "pyformat"
+        # What each row looked like when read: ``save`` writes the columns that changed.
+        self._loaded: dict[str, tuple[Any, ...]] = {}
+
+    def execute(self, sql: _Sql, params: dict[str, Any]) -> Any:
+        self.cursor.execute(sql.text(self.paramstyle), params)
+        return self.cursor
+
+    # SQLite stores the ORM's datetimes as naive UTC text ("2026-12-06 22:55:25.000123",
+    # SQLAlchemy's format: compared as text by cleanup's queries), PostgreSQL as
+    # timestamp without time zone.
+    def time_in(self, value: datetime | None) -> datetime | str | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        naive = value.astimezone(UTC).replace(tzinfo=None)
+        return naive.isoformat(" ", "microseconds") if self.sqlite else naive
+
+    @staticmethod
+    def time_out(value: datetime | str | None) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC)
+
+    def get(self, upload_id: str, *, for_update: bool = False) -> UploadRow | None:
+        """The upload's row, or None. ``for_update``: lock it until the transaction
+        ends (PostgreSQL; SQLite's write transactions are serial anyway)."""
+        sql = _GET_FOR_UPDATE if for_update and not self.sqlite else _GET
+        found = self.execute(sql, {"id": upload_id}).fetchone()
+        if found is None:
+            return None
+        (id_, state, length, offset, metadata, verifying, *times, concat) = found
+        created, updated, expires, completed, finished = map(self.time_out, times)
+        row = UploadRow(
+            id=id_,
+            state=UploadState[state],
+            length=length,
+            offset=offset,
+            upload_metadata=metadata,
+            verifying=bool(verifying),
+            created_at=created,  # type: ignore[arg-type]  # NOT NULL
+            updated_at=updated,  # type: ignore[arg-type]  # NOT NULL
+            expires_at=expires,
+            completed_at=completed,
+            finished_at=finished,
+            concat=None if concat is None else Concat[concat],
+        )
+        self._loaded[row.id] = _values(row)
+        return row
+
+    def _params(self, row: UploadRow, columns: Iterable[str]) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for column in columns:
+            value = getattr(row, column)
+            if column in _TIMES:
+                value = self.time_in(value)
+            elif isinstance(value, UploadState | Concat):
+                value = value.name  # the ORM's Enum columns store names
+            params[column] = value
+        return params
+
+    def insert(self, row: UploadRow) -> None:
+        self.execute(_INSERT, self._params(row, COLUMNS))
+        self._loaded[row.id] = _values(row)
+
+    def save(self, row: UploadRow) -> None:
+        """Write the columns of ``row`` (read by ``get`` in this transaction) that
+        changed since, as the ORM's unit of work did; nothing when none did."""
+        before = self._loaded[row.id]
+        now = _values(row)
+        changed = tuple(c for c, old, new in zip(COLUMNS, before, now, strict=True) if old != new)
+        if not changed:
+            return
+        params = self._params(row, changed)
+        params["id"] = row.id
+        self.execute(_update(changed), params)
+        self._loaded[row.id] = now
+
+    def finish(self, upload_id: str, now: datetime) -> bool:
+        """The finish's compare-and-set: ``finished_at`` for a COMPLETED row that has
+        none yet. Whether this transaction set it (see ``UploadService._complete``)."""
+        completed = UploadState.COMPLETED.name
+        params = {"id": upload_id, "now": self.time_in(now), "completed": completed}
+        return int(self.execute(_FINISH, params).rowcount) == 1
+
+    def insert_parts(self, final_id: str, partial_ids: list[str]) -> None:
+        """A final upload's partial upload ids, in order (after its own row)."""
+        self.cursor.executemany(
+            _INSERT_PART.text(self.paramstyle),
+            [
+                {"final_id": final_id, "position": position, "partial_id": partial_id}
+                for position, partial_id in enumerate(partial_ids)
+            ],
+        )
+
+    def parts(self, final_id: str) -> tuple[str, ...]:
+        """A final upload's partial upload ids, in order."""
+        return tuple(partial for (partial,) in self.execute(_PARTS, {"id": final_id}).fetchall())
+
+
+class Registry:
+    """The connections and transactions of the hot paths (see the module's doc)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sqlite = engine.dialect.name == "sqlite"
+        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        # SQLite: one connection per thread, kept (opening one runs four PRAGMAs);
+        # PostgreSQL: the engine's pool, whose size bounds the server's connections.
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._guard = threading.Lock()
+        # SQLite's one writer, queued for in the process (see the module's doc).
+        self._write_turn = threading.Lock()
+
+    @classmethod
+    def of(cls, sessions: sessionmaker[Session]) -> Registry:
+        """The registry on the engine ``sessions`` are bound to."""
+        bind = sessions.kw["bind"]
+        assert isinstance(bind, Engine)
+        return cls(bind)
+
+    def close(self) -> None:
+        """Close this registry's SQLite connections (of every thread)."""
+        with self._guard:
+            opened, self._opened = self._opened, []
+        for connection in opened:
+            connection.close()
+        self._local = threading.local()
+
+    def _sqlite_connection(self) -> Any:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            dialect = self.engine.dialect
+            args, kwargs = dialect.create_connect_args(self.engine.url)
+            kwargs.update(timeout=db.BUSY_TIMEOUT, check_same_thread=False)
+            connection = dialect.loaded_dbapi.connect(*args, **kwargs)
+            db.sqlite_on_connect(connection, None)
+            with self._guard:
+                self._opened.append(connection)
+            self._local.connection = connection
+        return connection
+
+    @contextmanager
+    def reading(self) -> Iterator[Transaction]:
+        """A transaction that only reads: it never waits for a writer."""
+        with self._transaction("BEGIN DEFERRED") as transaction:
+            yield transaction
+
+    @contextmanager
+    def writing(self) -> Iterator[Transaction]:
+        """A transaction that writes, committed when the block ends without error."""
+        if not self.sqlite:
+            with self._transaction(None) as transaction:
+                yield transaction
+            return
+        with self._write_turn, self._transaction("BEGIN IMMEDIATE") as transaction:
+            yield transaction
+
+    @contextmanager
+    def _transaction(self, begin: str | None) -> Iterator[Transaction]:
+        if self.sqlite:
+            with self._sqlite_transaction(begin) as transaction:
+                yield transaction
+            return
+        with self._pooled_transaction() as transaction:
+            yield transaction
+
+    @contextmanager
+    def _sqlite_transaction(self, begin: str | None) -> Iterator[Transaction]:
+        connection = self._sqlite_connection()
+        cursor = connection.cursor()
+        with self._translated():
+            cursor.execute(begin)
+        try:
+            with self._translated():
+                yield Transaction(cursor, True)
+                cursor.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.rollback()
+            raise
+        finally:
+            cursor.close()
+
+    @contextmanager
+    def _pooled_transaction(self) -> Iterator[Transaction]:
+        with self._translated():
+            connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                with self._translated():
+                    yield Transaction(cursor, False)
+                    connection.commit()
+            except BaseException:
+                try:
+                    connection.rollback()
+                except self._dbapi_error:
+                    connection.invalidate()  # broken: it must not go back to the pool
+                raise
+            finally:
+                cursor.close()
+        finally:
+            connection.close()
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """The driver's errors as SQLAlchemy's (``OperationalError``...), which the rest
+        of the app knows (``db.registry_full``, the views' 507)."""
+        try:
+            yield
+        except self._dbapi_error as error:
+            raise DBAPIError.instance(None, None, error, self._dbapi_error) from error
+
+
+def _values(row: UploadRow) -> tuple[Any, ...]:
+    return tuple(getattr(row, column) for column in COLUMNS)
