@@ -9,11 +9,11 @@ bookkeeping, migrations, tests) keeps using the ORM models in models.py: both de
 the same table, and tests/test_registry.py holds this module's SQL to them.
 
 Transactions, by name: ``reading()`` (never waits for a writer: SQLite's BEGIN
-DEFERRED in WAL mode) and ``writing()`` (SQLite: BEGIN IMMEDIATE, taken by one thread of
-the process at a time). SQLite's own wait for its write lock is a busy handler that
-sleeps 1, 2, 5, ... 100 ms between tries, so threads contending for it waited far
-longer than the write took (half of all thread time under 16 clients, p99 over 1.5 s);
-queued on a lock in the process, the next writer starts the moment the last commits.
+DEFERRED in WAL mode) and ``writing()`` (on SQLite, the threads of a process take turns
+and commit together: groupcommit.py). SQLite's own wait for its write lock is a busy
+handler that sleeps 1, 2, 5, ... 100 ms between tries, so threads contending for it
+waited far longer than the write took (half of all thread time under 16 clients, p99
+over 1.5 s).
 
 To add a column: models.Upload (and a migration), ``UploadRow`` (models.py) and
 ``COLUMNS`` below. To add a statement that must commit with a state change (an outbox
@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from operator import attrgetter
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -36,6 +38,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import db
+from .groupcommit import GroupCommit
 from .models import Concat, UploadRow, UploadState
 
 # uploads' columns in UploadRow's field order.
@@ -103,12 +106,12 @@ def _update(columns: tuple[str, ...]) -> _Sql:
 class Transaction:
     """One transaction's statements on the uploads table."""
 
-    def __init__(self, cursor: Any, sqlite: bool) -> None:
+    def __init__(self, cursor: Any, sqlite: bool, *, writes: bool) -> None:
         self.cursor = cursor
         self.sqlite = sqlite
         self.paramstyle = "named" if sqlite else "pyformat"
         # What each row looked like when read: ``save`` writes the columns that changed.
-        self._loaded: dict[str, tuple[Any, ...]] = {}
+        self._loaded: dict[str, tuple[Any, ...]] | None = {} if writes else None
 
     def execute(self, sql: _Sql, params: dict[str, Any]) -> Any:
         self.cursor.execute(sql.text(self.paramstyle), params)
@@ -156,7 +159,8 @@ class Transaction:
             finished_at=finished,
             concat=None if concat is None else Concat[concat],
         )
-        self._loaded[row.id] = _values(row)
+        if self._loaded is not None:
+            self._loaded[row.id] = _values(row)
         return row
 
     def _params(self, row: UploadRow, columns: Iterable[str]) -> dict[str, Any]:
@@ -172,11 +176,13 @@ class Transaction:
 
     def insert(self, row: UploadRow) -> None:
         self.execute(_INSERT, self._params(row, COLUMNS))
-        self._loaded[row.id] = _values(row)
+        if self._loaded is not None:
+            self._loaded[row.id] = _values(row)
 
     def save(self, row: UploadRow) -> None:
         """Write the columns of ``row`` (read by ``get`` in this transaction) that
         changed since, as the ORM's unit of work did; nothing when none did."""
+        assert self._loaded is not None, "a save in a reading transaction"
         before = self._loaded[row.id]
         now = _values(row)
         changed = tuple(c for c, old, new in zip(COLUMNS, before, now, strict=True) if old != new)
@@ -221,8 +227,11 @@ class Registry:
         self._local = threading.local()
         self._opened: list[Any] = []
         self._guard = threading.Lock()
-        # SQLite's one writer, queued for in the process (see the module's doc).
-        self._write_turn = threading.Lock()
+        # SQLite's one writer: the threads of this process take turns and commit
+        # together, processes take turns by a lock file beside the database.
+        database = engine.url.database
+        turn_file = Path(f"{database}-turn") if database and database != ":memory:" else None
+        self._writes = GroupCommit(self._new_sqlite_connection, turn_file)
 
     @classmethod
     def of(cls, sessions: sessionmaker[Session]) -> Registry:
@@ -238,71 +247,80 @@ class Registry:
         for connection in opened:
             connection.close()
         self._local = threading.local()
+        self._writes.close()
 
     def _sqlite_connection(self) -> Any:
+        """This thread's connection for reading."""
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            dialect = self.engine.dialect
-            args, kwargs = dialect.create_connect_args(self.engine.url)
-            kwargs.update(timeout=db.BUSY_TIMEOUT, check_same_thread=False)
-            connection = dialect.loaded_dbapi.connect(*args, **kwargs)
-            db.sqlite_on_connect(connection, None)
+            connection = self._new_sqlite_connection()
             with self._guard:
                 self._opened.append(connection)
             self._local.connection = connection
         return connection
 
+    def _new_sqlite_connection(self) -> Any:
+        dialect = self.engine.dialect
+        args, kwargs = dialect.create_connect_args(self.engine.url)
+        # Used by one thread at a time, but not always the same one (the writer's).
+        kwargs.update(timeout=db.BUSY_TIMEOUT, check_same_thread=False)
+        connection = dialect.loaded_dbapi.connect(*args, **kwargs)
+        db.sqlite_on_connect(connection, None)
+        return connection
+
     @contextmanager
     def reading(self) -> Iterator[Transaction]:
         """A transaction that only reads: it never waits for a writer."""
-        with self._transaction("BEGIN DEFERRED") as transaction:
-            yield transaction
+        if not self.sqlite:
+            with self._pooled_transaction(writes=False) as transaction:
+                yield transaction
+            return
+        connection = self._sqlite_connection()
+        cursor = connection.cursor()
+        try:
+            with self._translated():
+                cursor.execute("BEGIN DEFERRED")
+                yield Transaction(cursor, True, writes=False)
+        finally:
+            try:
+                if connection.in_transaction:
+                    connection.rollback()  # it only read: nothing to commit
+            finally:
+                cursor.close()
 
     @contextmanager
     def writing(self) -> Iterator[Transaction]:
-        """A transaction that writes, committed when the block ends without error."""
+        """A transaction that writes, committed when the block ends without error: the
+        block's writes are durable when it returns."""
         if not self.sqlite:
-            with self._transaction(None) as transaction:
+            with self._pooled_transaction(writes=True) as transaction:
                 yield transaction
             return
-        with self._write_turn, self._transaction("BEGIN IMMEDIATE") as transaction:
-            yield transaction
+        with self._translated(), self._writes.transaction() as cursor:
+            yield Transaction(cursor, True, writes=True)
 
-    @contextmanager
-    def _transaction(self, begin: str | None) -> Iterator[Transaction]:
-        if self.sqlite:
-            with self._sqlite_transaction(begin) as transaction:
-                yield transaction
-            return
-        with self._pooled_transaction() as transaction:
-            yield transaction
-
-    @contextmanager
-    def _sqlite_transaction(self, begin: str | None) -> Iterator[Transaction]:
-        connection = self._sqlite_connection()
-        cursor = connection.cursor()
-        with self._translated():
-            cursor.execute(begin)
+    def get(self, upload_id: str) -> UploadRow | None:
+        """The upload's row, read on its own (SQLite: one statement is one consistent
+        read; no BEGIN, no ROLLBACK)."""
+        if not self.sqlite:
+            with self.reading() as transaction:
+                return transaction.get(upload_id)
+        cursor = self._sqlite_connection().cursor()
         try:
             with self._translated():
-                yield Transaction(cursor, True)
-                cursor.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.rollback()
-            raise
+                return Transaction(cursor, True, writes=False).get(upload_id)
         finally:
             cursor.close()
 
     @contextmanager
-    def _pooled_transaction(self) -> Iterator[Transaction]:
+    def _pooled_transaction(self, *, writes: bool) -> Iterator[Transaction]:
         with self._translated():
             connection = self.engine.raw_connection()
         try:
             cursor = connection.cursor()
             try:
                 with self._translated():
-                    yield Transaction(cursor, False)
+                    yield Transaction(cursor, False, writes=writes)
                     connection.commit()
             except BaseException:
                 try:
@@ -325,5 +343,4 @@ class Registry:
             raise DBAPIError.instance(None, None, error, self._dbapi_error) from error
 
 
-def _values(row: UploadRow) -> tuple[Any, ...]:
-    return tuple(getattr(row, column) for column in COLUMNS)
+_values: Callable[[UploadRow], tuple[Any, ...]] = attrgetter(*COLUMNS)

@@ -194,9 +194,8 @@ class UploadService:
         if not protocol.is_upload_id(upload_id):
             log.error("pre_create hook chose an invalid upload id %r", upload_id)
             raise HookFailed("the server's pre-create hook chose an invalid id")
-        with self.registry.reading() as tx:
-            if tx.get(upload_id) is not None:
-                raise UploadExists()
+        if self.registry.get(upload_id) is not None:
+            raise UploadExists()
         return upload_id
 
     def _complete(self, info: UploadInfo) -> UploadInfo:
@@ -729,8 +728,7 @@ class UploadService:
         if not protocol.is_upload_id(upload_id):
             # Never a path: only ids we could have made reach storage and locks.
             raise UploadNotFound()
-        with self.registry.reading() as tx:
-            self._read_row(tx, upload_id)
+        self._check_live(self._found(self.registry.get(upload_id)))
 
     @contextmanager
     def _hold(self, upload_id: str) -> Iterator[int]:
@@ -755,10 +753,14 @@ class UploadService:
 
     def _read_row(self, tx: Transaction, upload_id: str) -> UploadRow:
         """``_load_row`` on the hot paths (registry.py)."""
-        row = tx.get(upload_id)
+        row = self._found(tx.get(upload_id))
+        self._check_live(row)
+        return row
+
+    @staticmethod
+    def _found(row: UploadRow | None) -> UploadRow:
         if row is None:
             raise UploadNotFound()
-        self._check_live(row)
         return row
 
     def _check_live(self, row: Upload | UploadRow) -> None:
