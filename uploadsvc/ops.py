@@ -134,12 +134,6 @@ def configure_logging(json_logs: bool) -> None:
     root = logging.getLogger()
     if root.handlers:
         return
-    # What no line of ours shows, no record needs to look up (the logging HOWTO's
-    # "Optimization": the caller's frame, thread, process and multiprocessing names).
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
     handler = LineHandler()
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(
