@@ -178,7 +178,12 @@ def test_the_log_handler_writes_each_line_whole_without_its_lock(tmp_path: Path)
         done = threading.Event()
         handler.acquire()
         try:
-            thread = threading.Thread(target=lambda: (handler.handle(record), done.set()))
+
+            def log() -> None:
+                handler.handle(record)
+                done.set()
+
+            thread = threading.Thread(target=log)
             thread.start()
             assert done.wait(10)
         finally:

@@ -379,11 +379,8 @@ class UploadService:
         could not have made, or doesn't know, is ``UploadNotFound`` (404)."""
         if not protocol.is_upload_id(upload_id):
             raise UploadNotFound()
-        with self.registry.reading() as tx:
-            row = tx.get(upload_id)
-            if row is None:
-                raise UploadNotFound()
-            return UploadInfo.of(row, self._parts_of(tx, row))
+        row = self._found(self.registry.get(upload_id))
+        return UploadInfo.of(row, self._parts(row))
 
     def describe_many(self, upload_ids: Iterable[str]) -> dict[str, UploadInfo]:
         """``describe`` for many ids at once (unknown ones are left out)."""
@@ -393,7 +390,7 @@ class UploadService:
             for start in range(0, len(wanted), _QUERY_BATCH):
                 batch = wanted[start : start + _QUERY_BATCH]
                 for row in session.scalars(select(Upload).where(Upload.id.in_(batch))):
-                    infos[row.id] = UploadInfo.of(row, self._parts(session, row))
+                    infos[row.id] = UploadInfo.of(row, self._parts(row, session))
         return infos
 
     def info(self, upload_id: str) -> UploadInfo:
@@ -401,9 +398,8 @@ class UploadService:
         with self._hold(upload_id) as size:
             # Usually the row agrees with the data file: reading is enough, and a read
             # waits for no writer. Only a row to reconcile takes a write transaction.
-            with self.registry.reading() as tx:
-                row = self._read_row(tx, upload_id)
-                info = UploadInfo.of(row, self._parts_of(tx, row))
+            row = self._get_row(upload_id)
+            info = UploadInfo.of(row, self._parts(row))
             if info.concat is Concat.FINAL:
                 # Its bytes are its partials' (download): its own data holds none, so
                 # there is nothing to reconcile; a finish left due is resumed.
@@ -441,7 +437,7 @@ class UploadService:
             raise UploadNotFound()
         with self.readers.begin() as session:
             row = self._load_row(session, upload_id)
-            info = UploadInfo.of(row, self._parts(session, row))
+            info = UploadInfo.of(row, self._parts(row, session))
             lengths = self._lengths(session, info.parts)
         if not info.complete:
             raise UploadNotFound("upload not complete yet")
@@ -580,12 +576,11 @@ class UploadService:
 
         # Usually the checks change nothing (no reconcile, no length, no checksum): a
         # read then, which waits for no writer; else a write, checked again in it.
-        with self.registry.reading() as tx:
-            row = self._read_row(tx, upload_id)
-            writes = verify or length is not None or self._unreconciled(row, known.value)
-            if not writes:
-                limit = check(row)
-        if writes:
+        row = self._get_row(upload_id)
+        writes = verify or length is not None or self._unreconciled(row, known.value)
+        if not writes:
+            limit = check(row)
+        else:
             with self.registry.writing() as tx:
                 row = self._read_row(tx, upload_id)
                 limit = check(row)
@@ -671,16 +666,6 @@ class UploadService:
 
     # -- internals --------------------------------------------------------------------
 
-    def _parts(self, session: Session, row: Upload) -> tuple[str, ...]:
-        if row.concat is not Concat.FINAL:
-            return ()
-        query = (
-            select(UploadPart.partial_id)
-            .where(UploadPart.final_id == row.id)
-            .order_by(UploadPart.position)
-        )
-        return tuple(session.scalars(query))
-
     def _assemble(self, final_id: str) -> UploadInfo:
         """Complete a final upload once all its partials are complete (lock held).
 
@@ -690,7 +675,7 @@ class UploadService:
         """
         with self.readers.begin() as session:
             row = self._load_row(session, final_id)
-            parts = self._parts(session, row)
+            parts = self._parts(row, session)
             info = UploadInfo.of(row, parts)
             if not info.complete:
                 query = select(Upload).where(Upload.id.in_(set(parts)))
@@ -752,8 +737,14 @@ class UploadService:
         return row
 
     def _read_row(self, tx: Transaction, upload_id: str) -> UploadRow:
-        """``_load_row`` on the hot paths (registry.py)."""
+        """``_load_row`` on the hot paths (registry.py), in a transaction."""
         row = self._found(tx.get(upload_id))
+        self._check_live(row)
+        return row
+
+    def _get_row(self, upload_id: str) -> UploadRow:
+        """``_read_row`` as a read of its own (one statement)."""
+        row = self._found(self.registry.get(upload_id))
         self._check_live(row)
         return row
 
@@ -769,9 +760,20 @@ class UploadService:
         if row.expired_at(self.clock()):
             raise UploadGone("upload expired")
 
-    @staticmethod
-    def _parts_of(tx: Transaction, row: UploadRow) -> tuple[str, ...]:
-        return tx.parts(row.id) if row.concat is Concat.FINAL else ()
+    def _parts(self, row: Upload | UploadRow, session: Session | None = None) -> tuple[str, ...]:
+        """A final upload's partial upload ids, in order (fixed when it was made, so
+        read apart from its row); () for any other upload."""
+        if row.concat is not Concat.FINAL:
+            return ()
+        if session is None:
+            with self.registry.reading() as tx:
+                return tx.parts(row.id)
+        query = (
+            select(UploadPart.partial_id)
+            .where(UploadPart.final_id == row.id)
+            .order_by(UploadPart.position)
+        )
+        return tuple(session.scalars(query))
 
     @staticmethod
     def _unreconciled(row: UploadRow, size: int | None) -> bool:
