@@ -230,7 +230,8 @@ class Registry:
         # SQLite's one writer: the threads of this process take turns and commit
         # together, processes take turns by a lock file beside the database.
         database = engine.url.database
-        turn_file = Path(f"{database}-turn") if database and database != ":memory:" else None
+        on_disk = database and database != ":memory:" and not database.startswith("file:")
+        turn_file = Path(f"{database}-turn") if on_disk else None
         self._writes = GroupCommit(self._new_sqlite_connection, turn_file)
 
     @classmethod
