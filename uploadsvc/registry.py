@@ -2,9 +2,8 @@
 over DB-API connections, for SQLite and PostgreSQL alike.
 
 Why not the ORM here: a read transaction loading one row through ``Session.get`` cost
-about 690 us on the 2-core bench machine, through SQLAlchemy Core about 220 us, and over
-the driver directly about 8 us (PROFILES.md, "Small requests"). A small upload runs
-about ten such statements. Everything else (cleanup, the page's list, concatenation's
+about 690 us on the 2-core bench machine (loaded), through SQLAlchemy Core about 220
+us, and over the driver directly about 8 us; a small upload ran about ten of them. Everything else (cleanup, the page's list, concatenation's
 bookkeeping, migrations, tests) keeps using the ORM models in models.py: both describe
 the same table, and tests/test_registry.py holds this module's SQL to them.
 
