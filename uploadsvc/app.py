@@ -32,6 +32,7 @@ from .overrides import MethodOverride
 from .parts import EXTENSION, Parts, parts
 from .quota import Quota
 from .records import Limits, UploadInfo
+from .registry import Registry
 from .service import UploadService, utcnow
 from .storage import StoreUnavailable, UploadStore
 from .storage.filesystem import FileStore
@@ -65,6 +66,9 @@ def create_app(
     sessions = db.make_sessionmaker(engine)
     # Reads (downloads, HEADs, /metrics, /healthz, the page's list) take no write lock.
     readers = db.make_readers(engine)
+    # The hot paths' plain SQL (registry.py), on the same engine.
+    registry = Registry(engine)
+    closers.append(registry.close)
     metrics = Metrics(readers)
     clock = clock or utcnow
     # Webhooks: events recorded in the outbox with their change, delivered by a
@@ -98,6 +102,7 @@ def create_app(
         outbox=outbox,
         quota=Quota(sessions, open_bytes=settings.quota_bytes, open_files=settings.quota_files),
         judge=_judge(TypeGate(settings.allowed_types), hooks, grants),
+        registry=registry,
     )
     transfers = TransferMonitor(
         locker,
