@@ -5,18 +5,33 @@ finish's compare-and-set wins once, and SQLite's writers take turns in the proce
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from uploadsvc import db
-from uploadsvc.models import Concat, Upload, UploadPart, UploadRow, UploadState
+from uploadsvc import db, outbox
+from uploadsvc.models import (
+    OPEN_SCOPE,
+    Concat,
+    Event,
+    EventState,
+    Grant,
+    QuotaUsage,
+    Upload,
+    UploadPart,
+    UploadRow,
+    UploadState,
+    Verdict,
+)
+from uploadsvc.quota import Quota, QuotaExceeded
+from uploadsvc.records import UploadInfo
 from uploadsvc.registry import COLUMNS, Registry
 
 NOW = datetime(2026, 12, 6, 22, 55, 25, 123, tzinfo=UTC)
@@ -209,3 +224,103 @@ def test_concurrent_writers_lose_nothing(registry: Registry) -> None:
     with registry.reading() as tx:
         offsets = [row.offset for i in range(4) if (row := tx.get(f"{i:032x}")) is not None]
     assert offsets == [40] * 4
+
+
+# -- what the other branches' rules put in the hot paths' transactions -------------------
+
+
+def test_the_finish_sets_the_verdict_in_its_compare_and_set(
+    registry: Registry, sessions: sessionmaker[Session]
+) -> None:
+    with registry.writing() as tx:
+        tx.insert(new_row(state=UploadState.COMPLETED, completed_at=NOW, digest="sha-256=:x:"))
+    with registry.writing() as tx:
+        assert tx.finish("a" * 32, NOW, Verdict.REJECTED, "not a PNG")
+    with registry.writing() as tx:  # lost: neither the time nor the verdict changes
+        assert not tx.finish("a" * 32, NOW + timedelta(seconds=1), Verdict.OK, None)
+    with sessions() as session:
+        stored = session.get(Upload, "a" * 32)
+        assert stored is not None
+        assert (stored.finished_at, stored.verdict, stored.verdict_reason) == (
+            NOW,
+            Verdict.REJECTED,
+            "not a PNG",
+        )
+    with registry.reading() as tx:
+        row = tx.get("a" * 32)
+        assert row is not None and (row.verdict, row.digest) == (Verdict.REJECTED, "sha-256=:x:")
+
+
+def test_an_outbox_event_commits_with_its_block_only(
+    registry: Registry, sessions: sessionmaker[Session]
+) -> None:
+    row = new_row()
+    with registry.writing() as tx:
+        tx.insert(row)
+        event_id = outbox.record(tx, "post-create", UploadInfo.of(row), NOW)
+    with pytest.raises(RuntimeError), registry.writing() as tx:
+        tx.insert(new_row("e" * 32))
+        outbox.record(tx, "post-create", UploadInfo.of(new_row("e" * 32)), NOW)
+        raise RuntimeError("the change fails after its event was written")
+    with sessions() as session:
+        events = session.scalars(select(Event)).all()
+        assert [(e.id, e.upload_id, e.state, e.attempts) for e in events] == [
+            (event_id, row.id, EventState.PENDING, 0)
+        ]
+        assert (events[0].created_at, events[0].due_at) == (NOW, NOW)
+        assert json.loads(events[0].payload)["upload"]["id"] == row.id
+
+
+def test_quota_counts_in_the_registry_transaction(
+    registry: Registry, sessions: sessionmaker[Session]
+) -> None:
+    with sessions.begin() as session:
+        session.merge(QuotaUsage(scope=OPEN_SCOPE, used_bytes=0, used_files=0))
+        session.add(
+            Grant(
+                id="9" * 12,
+                label="team",
+                token_hash="0" * 64,
+                max_bytes=15,
+                max_files=None,
+                types="",
+                created_at=NOW,
+            )
+        )
+        session.add(QuotaUsage(scope="9" * 12, used_bytes=0, used_files=0))
+    quota = Quota(sessions, open_bytes=None, open_files=1)
+    first = new_row(concat=None)
+    with registry.writing() as tx:
+        quota.on_create(tx, first)
+        tx.insert(first)
+    assert (first.quota_bytes, first.quota_files) == (10, 1)
+    # A second file passes the open scope's one: refused, and its block rolled back.
+    with pytest.raises(QuotaExceeded, match="allows 1 uploads"), registry.writing() as tx:
+        second = new_row("e" * 32, concat=None)
+        tx.insert(second)
+        quota.on_create(tx, second)
+    # A grant's limit is read in the statement: 10 of its 15 bytes, then 10 more.
+    granted = new_row("f" * 32, concat=None, grant_id="9" * 12)
+    with registry.writing() as tx:
+        quota.on_create(tx, granted)
+        tx.insert(granted)
+    refused = pytest.raises(QuotaExceeded, match="grant 999999999999 \\('team'\\)")
+    with refused, registry.writing() as tx:
+        quota.on_create(tx, new_row("d" * 32, concat=None, grant_id="9" * 12))
+    with sessions() as session:
+        assert session.get(Upload, "e" * 32) is None
+        usage = {u.scope: (u.used_bytes, u.used_files) for u in session.scalars(select(QuotaUsage))}
+        assert usage == {OPEN_SCOPE: (10, 1), "9" * 12: (10, 1)}
+        stored = session.get(Upload, "f" * 32)
+        assert stored is not None and (stored.quota_bytes, stored.quota_files) == (10, 1)
+    # Freed in a registry transaction too, and saved with the row.
+    with registry.writing() as tx:
+        row = tx.get("f" * 32)
+        assert row is not None
+        quota.release(tx, row)
+        tx.save(row)
+    with sessions() as session:
+        usage_row = session.get(QuotaUsage, "9" * 12)
+        assert usage_row is not None and (usage_row.used_bytes, usage_row.used_files) == (0, 0)
+        stored = session.get(Upload, "f" * 32)
+        assert stored is not None and (stored.quota_bytes, stored.quota_files) == (0, 0)
