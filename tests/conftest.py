@@ -81,6 +81,7 @@ BOTH_DATABASES = frozenset(
         "test_webhooks.py",  # the outbox's claims on both registries
         "test_gates.py",  # verdicts in the finish's compare-and-set
         "test_progress.py",  # the progress reporter's upserts, each dialect's own
+        "test_registry.py",  # the hot paths' plain SQL against the ORM models
         "live/test_tuspy_uploads.py",
         "live/test_resume.py",
         "live/test_takeover.py",

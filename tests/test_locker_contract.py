@@ -3,6 +3,8 @@ the double the service tests use can't drift from the locker it stands in for.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -121,3 +123,49 @@ def test_scan_lists_lock_resources_until_forgotten(locker: Locker) -> None:
 def test_ids_that_are_not_path_components_are_refused(locker: Locker, unsafe: str) -> None:
     with pytest.raises(ValueError), locker.hold(unsafe, timeout=0):
         pass  # pragma: no cover
+
+
+def test_a_lock_forgotten_while_waited_for_still_excludes(locker: Locker) -> None:
+    """``forget`` (a terminated upload) while a request waits: the waiter ends up holding
+    the lock a newcomer must wait for, not one on a file nobody else can find."""
+    got = threading.Event()
+    done = threading.Event()
+
+    def waiter() -> None:
+        with locker.hold(A, timeout=PATIENCE):
+            got.set()
+            done.wait(PATIENCE)
+
+    with locker.hold(A, timeout=0):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        assert eventually(lambda: locker.release_requested(A))
+        locker.forget(A)
+    try:
+        assert got.wait(PATIENCE)
+        with pytest.raises(UploadLocked), locker.hold(A, timeout=0):
+            pass  # pragma: no cover
+    finally:
+        done.set()
+        thread.join(PATIENCE)
+
+
+def test_other_processes_are_excluded(tmp_path: Path) -> None:
+    """The file lock holds across processes (gunicorn's workers, ``flask cleanup``)."""
+    locker = FileLocker(tmp_path / "locks")
+    script = (
+        "import sys; from pathlib import Path; from uploadsvc.errors import UploadLocked;"
+        "from uploadsvc.locking.filelock import FileLocker;"
+        "locker = FileLocker(Path(sys.argv[1]))\n"
+        "try:\n"
+        "    with locker.hold(sys.argv[2], timeout=0): print('held')\n"
+        "except UploadLocked: print('locked')\n"
+    )
+
+    def other() -> str:
+        argv = [sys.executable, "-c", script, str(tmp_path / "locks"), A]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout.strip()
+
+    with locker.hold(A, timeout=0):
+        assert other() == "locked"
+    assert other() == "held"

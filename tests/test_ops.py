@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,33 @@ def test_made_up_methods_and_statuses_add_no_series(client: FlaskClient) -> None
 )
 def test_status_labels_are_bounded(status: int, label: str) -> None:
     assert metrics.status_label(status) == label
+
+
+def test_the_log_handler_writes_each_line_whole_without_its_lock(tmp_path: Path) -> None:
+    """One write per record, and no lock per record: a thread holding the handler's lock
+    (as StreamHandler took it around format, write and flush) doesn't stop a line."""
+    path = tmp_path / "log"
+    with path.open("w") as stream:
+        handler = ops.LineHandler(stream)
+        handler.setFormatter(ops.TextFormatter("%(levelname)s %(message)s"))
+        record = logging.LogRecord("t", logging.INFO, __file__, 1, "a\nb %s", ("c",), None)
+        done = threading.Event()
+        handler.acquire()
+        try:
+
+            def log() -> None:
+                handler.handle(record)
+                done.set()
+
+            thread = threading.Thread(target=log)
+            thread.start()
+            assert done.wait(10)
+        finally:
+            handler.release()
+        thread.join(10)
+    assert path.read_text() == "INFO a\\x0ab c\n"
+
+
+def test_fresh_request_ids_are_unique(client: FlaskClient) -> None:
+    ids = {client.options("/files/").headers["X-Request-ID"] for _ in range(20)}
+    assert len(ids) == 20

@@ -520,13 +520,14 @@ def test_reconcile_drops_unverified_bytes(
     with (data_dir / "files" / upload_id).open("ab") as file:
         file.write(b"XXXX")
     # ... and the registry's disk is full, so the flag can't be cleared: HEAD answers.
-    writers = service(app).sessions
-    monkeypatch.setattr(service(app), "sessions", FullDisk())
+    registry = service(app).registry
+    writing = registry.writing
+    monkeypatch.setattr(registry, "writing", FullDisk().writing)
     assert head(client, url).headers["Upload-Offset"] == "3"
     assert stored(data_dir, url) == b"abc"
-    monkeypatch.setattr(service(app), "sessions", writers)
+    monkeypatch.setattr(registry, "writing", writing)
     assert head(client, url).headers["Upload-Offset"] == "3"
-    with writers.begin() as session:
+    with service(app).sessions.begin() as session:
         row = session.get(Upload, upload_id)
         assert row is not None and not row.verifying  # cleared once the disk took it
     assert patch(client, url, b"def", 3).status_code == 204
@@ -534,47 +535,33 @@ def test_reconcile_drops_unverified_bytes(
 
 
 class FullDisk:
-    """Write sessions on a registry whose disk is full (SQLite's SQLITE_FULL)."""
+    """Write transactions on a registry whose disk is full (SQLite's SQLITE_FULL)."""
 
-    def begin(self) -> Any:
+    def writing(self) -> Any:
         error = sqlite3.OperationalError("database or disk is full")
         error.sqlite_errorcode = sqlite3.SQLITE_FULL
         raise OperationalError("BEGIN IMMEDIATE", {}, error)
-
-
-class FullDiskAfter:
-    """Write sessions whose disk fills up after the first ``room`` transactions."""
-
-    def __init__(self, writers: Any, room: int) -> None:
-        self.writers = writers
-        self.room = room
-
-    def begin(self) -> Any:
-        if self.room <= 0:
-            return FullDisk().begin()
-        self.room -= 1
-        return self.writers.begin()
 
 
 def test_a_full_registry_is_507_wherever_it_is_met(
     app: Flask, client: FlaskClient, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = create(client, 10)
-    writers = service(app).sessions
+    registry = service(app).registry
+    writing = registry.writing
     # A creation the registry can't take: the views' handler answers 507.
-    monkeypatch.setattr(service(app), "sessions", FullDisk())
+    monkeypatch.setattr(registry, "writing", FullDisk().writing)
     response = client.post("/files/", headers={**TUS, "Upload-Length": "5"})
     assert response.status_code == 507
     assert response.get_data(as_text=True) == "no space left for the upload registry\n"
-    # A PATCH whose bytes landed but can't be recorded: put back, and 507 says where
-    # to resume (the service's write path, the same rule).
-    monkeypatch.setattr(service(app), "sessions", FullDiskAfter(writers, 1))
+    # A PATCH whose bytes landed but can't be recorded (its checks only read): put
+    # back, and 507 says where to resume (the service's write path, the same rule).
     response = patch(client, url, b"abc")
     assert response.status_code == 507
     assert response.headers["Upload-Offset"] == "0"
     assert response.get_data(as_text=True) == "no space left for the upload registry\n"
     assert stored(data_dir, url) == b""
-    monkeypatch.setattr(service(app), "sessions", writers)
+    monkeypatch.setattr(registry, "writing", writing)
     assert patch(client, url, b"abc").status_code == 204
 
 

@@ -34,6 +34,7 @@ from .parts import EXTENSION, Parts, parts
 from .progress import ProgressReporter
 from .quota import Quota
 from .records import Limits, UploadInfo
+from .registry import Registry
 from .service import UploadService, utcnow
 from .storage import StoreUnavailable, UploadStore
 from .storage.filesystem import FileStore
@@ -68,6 +69,9 @@ def create_app(
     sessions = db.make_sessionmaker(engine)
     # Reads (downloads, HEADs, /metrics, /healthz, the page's list) take no write lock.
     readers = db.make_readers(engine)
+    # The hot paths' plain SQL (registry.py), on the same engine.
+    registry = Registry(engine)
+    closers.append(registry.close)
     metrics = Metrics(readers)
     clock = clock or utcnow
     # Webhooks: events recorded in the outbox with their change, delivered by a
@@ -101,6 +105,7 @@ def create_app(
         outbox=outbox,
         quota=Quota(sessions, open_bytes=settings.quota_bytes, open_files=settings.quota_files),
         judge=_judge(TypeGate(settings.allowed_types), hooks, grants),
+        registry=registry,
     )
     progress = ProgressReporter(
         sessions,

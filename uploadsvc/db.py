@@ -45,7 +45,7 @@ def make_engine(url: str) -> Engine:
         )
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT})
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
@@ -77,7 +77,7 @@ def check_connection(url: str) -> None:
         engine.dispose()
 
 
-def _sqlite_on_connect(dbapi_connection: Any, record: Any) -> None:
+def sqlite_on_connect(dbapi_connection: Any, record: Any) -> None:
     # Let SQLAlchemy, not the driver, say when transactions begin (see _sqlite_on_begin).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()

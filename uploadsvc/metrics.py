@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http import HTTPStatus
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -32,6 +33,8 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", 
 OTHER_METHOD = "other"
 # Statuses: the registered ones (and tus's 460) as they are, others by class ("5xx").
 KNOWN_STATUSES = frozenset(status.value for status in HTTPStatus) | {460}
+# Made-up methods map to one label, but each would be a key of the children's cache.
+_MAX_CACHED_CHILDREN = 256
 
 
 def method_label(method: str) -> str:
@@ -126,6 +129,9 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        # Labelled children by label values: ``labels()`` takes a lock and builds a key
+        # per call, on every request. The label sets are small and bounded (above).
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
         self.failures = Counter(
             "uploadsvc_upload_failures",
@@ -163,8 +169,18 @@ class Metrics:
         self.stopped_bodies.labels(reason).inc()
 
     def request_done(self, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(method_label(method), status_label(status)).inc()
-        self.durations.labels(method_label(method)).observe(seconds)
+        children = self._request_children.get((method, status))
+        if children is None:
+            label = method_label(method)
+            children = (
+                self.requests.labels(label, status_label(status)),
+                self.durations.labels(label),
+            )
+            if len(self._request_children) < _MAX_CACHED_CHILDREN:
+                self._request_children[method, status] = children
+        counter, histogram = children
+        counter.inc()
+        histogram.observe(seconds)
 
     def exposition(self) -> bytes:
         if not os.environ.get(MULTIPROC_ENV):

@@ -2,10 +2,11 @@
 
 ``record(session_or_connection, ...)`` is called by whoever makes the change (the
 service's create, finish and terminate; cleanup's expiry) inside the transaction that
-makes it, so the event commits exactly when the change does: a crash (SIGKILL) before
-the commit loses both, after it neither. Delivery is someone else's (delivery.py): a
-dispatcher claims due rows with a lease and posts them, so a slow or dead receiver
-costs no upload anything.
+makes it (an ORM session, a Core connection, or the hot paths' registry transaction,
+registry.py: anything with ``insert_event``), so the event commits exactly when the
+change does: a crash (SIGKILL) before the commit loses both, after it neither. Delivery
+is someone else's (delivery.py): a dispatcher claims due rows with a lease and posts
+them, so a slow or dead receiver costs no upload anything.
 
 The row holds the request body as it will be sent (JSON, frozen at the change: every
 retry sends the same bytes) and a random event id, ``X-Uploadsvc-Event-Id``, stable
@@ -21,7 +22,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection, CursorResult, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,7 +30,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from .models import Event, EventState
 from .records import UploadInfo, upload_json
 
-__all__ = ["EVENTS", "EventView", "Outbox", "list_events", "payload", "record", "replay"]
+__all__ = [
+    "EVENTS",
+    "EventView",
+    "EventWriter",
+    "Outbox",
+    "list_events",
+    "payload",
+    "record",
+    "replay",
+]
 
 # The events a webhook receives (the Python post hooks get the first three in-process).
 EVENTS = ("post-create", "post-finish", "post-terminate", "post-expire")
@@ -49,31 +59,40 @@ def payload(event_id: str, event: str, upload: UploadInfo, now: datetime, **deta
     return json.dumps(body, separators=(",", ":"), sort_keys=False)
 
 
+class EventWriter(Protocol):
+    """A transaction that writes outbox rows itself (registry.Transaction: the hot
+    paths' plain SQL, where the ORM's insert would cost more than the change)."""
+
+    def insert_event(self, values: dict[str, Any]) -> None: ...
+
+
 def record(
-    session: Session | Connection,
+    session: Session | Connection | EventWriter,
     event: str,
     upload: UploadInfo,
     now: datetime,
     **details: Any,
 ) -> str:
     """Write ``event`` for ``upload`` to the outbox within ``session``'s transaction
-    (an ORM session or a Core connection, whichever the caller's transaction is);
-    returns the event id. Due at once."""
+    (an ORM session, a Core connection or an ``EventWriter``, whichever the caller's
+    transaction is); returns the event id. Due at once."""
     if event not in EVENTS:
         raise ValueError(f"unknown event {event!r}")
     event_id = str(uuid.uuid4())
-    session.execute(
-        insert(Event).values(
-            id=event_id,
-            event=event,
-            upload_id=upload.id,
-            payload=payload(event_id, event, upload, now, **details),
-            state=EventState.PENDING,
-            attempts=0,
-            created_at=now,
-            due_at=now,
-        )
-    )
+    values: dict[str, Any] = {
+        "id": event_id,
+        "event": event,
+        "upload_id": upload.id,
+        "payload": payload(event_id, event, upload, now, **details),
+        "state": EventState.PENDING,
+        "attempts": 0,
+        "created_at": now,
+        "due_at": now,
+    }
+    if isinstance(session, Session | Connection):
+        session.execute(insert(Event).values(**values))
+    else:
+        session.insert_event(values)
     return event_id
 
 
@@ -86,7 +105,7 @@ class Outbox:
 
     def record(
         self,
-        session: Session | Connection,
+        session: Session | Connection | EventWriter,
         event: str,
         upload: UploadInfo,
         now: datetime,

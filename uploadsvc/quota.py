@@ -8,6 +8,10 @@ the caller's transaction, together with the upload row's own numbers:
     UPDATE quota_usage SET used_bytes = used_bytes + :n, used_files = used_files + :f
     WHERE scope = :scope AND used_bytes + :n <= <limit> AND used_files + :f <= <limit>
 
+The caller's transaction is an ORM session (terminate, cleanup, a chunked body's
+reservations) or the hot paths' registry transaction (create, a declared length, a
+write's record: registry.py, the same statement in plain SQL).
+
 So parallel creations never pass a limit (SQLite runs one writer at a time; PostgreSQL
 re-checks the WHERE on the row it locked), and a refused change leaves nothing behind
 (the caller's transaction rolls back). A grant's limits are read in the same statement
@@ -36,10 +40,15 @@ from sqlalchemy import ColumnElement, CursorResult, or_, select, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import UploadTooLarge
-from .models import OPEN_SCOPE, Concat, Grant, QuotaUsage, Upload, UploadState
+from .models import OPEN_SCOPE, Concat, Grant, QuotaUsage, Upload, UploadRow, UploadState
+from .registry import Transaction
 
 # A chunked body on an upload of deferred length reserves this much at a time.
 STEP = 8 * 1024 * 1024
+
+# The caller's transaction, and the row it read (the ORM's or the registry's).
+_Tx = Session | Transaction
+_Row = Upload | UploadRow
 
 
 class QuotaExceeded(UploadTooLarge):
@@ -61,31 +70,32 @@ class Quota:
         self.open_files = open_files
 
     # -- what the service calls, in its transactions ------------------------------------
+    # (``session``: an ORM session or a registry transaction; ``row``: its kind of row)
 
-    def on_create(self, session: Session, row: Upload) -> None:
+    def on_create(self, session: _Tx, row: _Row) -> None:
         """A new upload (its row added to ``session``): its length and its file."""
         files = 0 if row.concat is Concat.PARTIAL else 1
         size = 0 if row.concat is Concat.FINAL else row.length or 0
         self._change(session, row, size, files)
 
-    def on_length(self, session: Session, row: Upload) -> None:
+    def on_length(self, session: _Tx, row: _Row) -> None:
         """A deferred length was just declared on ``row``: it holds that length now."""
         if row.concat is not Concat.FINAL and row.length is not None:
             self._hold_bytes(session, row, row.length)
 
-    def reserve_body(self, session: Session, row: Upload, content_length: int | None) -> None:
+    def reserve_body(self, session: _Tx, row: _Row, content_length: int | None) -> None:
         """Before a PATCH body on an upload of deferred length is read: room for it."""
         if row.length is None and content_length:
             self._hold_bytes(session, row, row.offset + content_length, grow_only=True)
 
-    def settle(self, session: Session, row: Upload) -> None:
+    def settle(self, session: _Tx, row: _Row) -> None:
         """A write was recorded: an upload of deferred length gives back what its body
         reserved and didn't bring."""
         deferred = row.length is None and row.state is UploadState.ACTIVE
         if deferred and row.quota_bytes > row.offset:
             self._hold_bytes(session, row, row.offset)
 
-    def release(self, session: Session, row: Upload) -> None:
+    def release(self, session: _Tx, row: _Row) -> None:
         """``row`` is going (a tombstone, or a partial's bytes at last): free what it
         holds. Zeroed with it in one transaction, so it is freed once."""
         if row.quota_bytes or row.quota_files:
@@ -152,15 +162,22 @@ class Quota:
             return 0
         return max(0, limit - usage.used_bytes)
 
-    def _hold_bytes(
-        self, session: Session, row: Upload, target: int, grow_only: bool = False
-    ) -> None:
+    def _hold_bytes(self, session: _Tx, row: _Row, target: int, grow_only: bool = False) -> None:
         delta = target - row.quota_bytes
         if delta > 0 or (delta < 0 and not grow_only):
             self._change(session, row, delta, 0)
 
-    def _change(self, session: Session, row: Upload, size: int, files: int) -> None:
+    def _change(self, session: _Tx, row: _Row, size: int, files: int) -> None:
         scope = row.grant_id or OPEN_SCOPE
+        if isinstance(session, Transaction):
+            open_limits = (self.open_bytes, self.open_files) if scope == OPEN_SCOPE else None
+            if not session.change_quota(scope, size, files, open_limits=open_limits):
+                if size <= 0 and files <= 0:
+                    return  # as below
+                raise self._refusal(session, scope, size, files)
+            row.quota_bytes += size
+            row.quota_files += files
+            return
         conditions: list[ColumnElement[bool]] = [QuotaUsage.scope == scope]
         if size > 0:
             conditions.append(self._within(scope, QuotaUsage.used_bytes, size, Grant.max_bytes))
@@ -190,19 +207,17 @@ class Quota:
         limit_of = select(grant_limit).where(Grant.id == scope).scalar_subquery()
         return or_(limit_of.is_(None), used + amount <= limit_of)
 
-    def _refusal(self, session: Session, scope: str, size: int, files: int) -> QuotaExceeded:
-        usage = session.get(QuotaUsage, scope)
-        used_bytes = usage.used_bytes if usage else 0
-        used_files = usage.used_files if usage else 0
+    def _refusal(self, session: _Tx, scope: str, size: int, files: int) -> QuotaExceeded:
+        usage = _usage(session, scope)
+        used_bytes, used_files = usage or (0, 0)
         if scope == OPEN_SCOPE:
             owner = "the server's quota for uploads without a grant"
             max_bytes, max_files = self.open_bytes, self.open_files
         else:
-            grant = session.get(Grant, scope)
-            label = f" ({grant.label!r})" if grant and grant.label else ""
+            grant = _grant_quota(session, scope)
+            label = f" ({grant[2]!r})" if grant and grant[2] else ""
             owner = f"the quota of grant {scope}{label}"
-            max_bytes = grant.max_bytes if grant else None
-            max_files = grant.max_files if grant else None
+            max_bytes, max_files = grant[:2] if grant else (None, None)
         if usage is None:
             return QuotaExceeded(f"over quota: no usage is kept for {owner}")
         if files > 0 and max_files is not None and used_files + files > max_files:
@@ -213,3 +228,17 @@ class Quota:
             f"over quota: {owner} allows {max_bytes} bytes; {used_bytes} are in use"
             f" or reserved and this needs {size} more"
         )
+
+
+def _usage(session: _Tx, scope: str) -> tuple[int, int] | None:
+    if isinstance(session, Transaction):
+        return session.quota_usage(scope)
+    usage = session.get(QuotaUsage, scope)
+    return None if usage is None else (usage.used_bytes, usage.used_files)
+
+
+def _grant_quota(session: _Tx, grant_id: str) -> tuple[int | None, int | None, str] | None:
+    if isinstance(session, Transaction):
+        return session.grant_quota(grant_id)
+    grant = session.get(Grant, grant_id)
+    return None if grant is None else (grant.max_bytes, grant.max_files, grant.label)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import TusError
-from .models import Concat, Upload, UploadState, Verdict
+from .models import Concat, Upload, UploadRow, UploadState, Verdict
 from .protocol import parse_metadata
 
 __all__ = ["Concat", "Limits", "UploadInfo", "UploadState", "Verdict", "upload_json"]
@@ -58,7 +58,7 @@ class UploadInfo:
         return self.state is UploadState.COMPLETED
 
     @classmethod
-    def of(cls, row: Upload, parts: tuple[str, ...] = ()) -> UploadInfo:
+    def of(cls, row: Upload | UploadRow, parts: tuple[str, ...] = ()) -> UploadInfo:
         return cls(
             id=row.id,
             state=row.state,

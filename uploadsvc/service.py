@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
-from sqlalchemy import CursorResult, Select, select, update
+from sqlalchemy import Select, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -43,10 +43,11 @@ from .errors import (
 )
 from .hooks import HookRequest, Hooks
 from .locking import Locker
-from .models import Concat, Upload, UploadPart, UploadState, Verdict, is_expired
+from .models import Concat, Upload, UploadPart, UploadRow, UploadState, Verdict, is_expired
 from .outbox import Outbox
 from .quota import Quota
 from .records import Limits, UploadInfo
+from .registry import Registry, Transaction
 from .storage import NotDurable, UploadStore
 from .storage.chained import chained
 from .typegate import TypeGate
@@ -165,10 +166,14 @@ class UploadService:
         quota: Quota | None = None,
         outbox: Outbox | None = None,
         judge: verdicts.Judge | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.sessions = sessions
         # Read-only transactions (db.make_readers); the writers' sessions by default.
         self.readers = readers or sessions
+        # The hot paths' transactions (plain SQL, registry.py); the ORM sessions above
+        # serve the rest (concatenation's queries, terminate, downloads).
+        self.registry = registry or Registry.of(sessions)
         self.store = store
         self.locker = locker
         self.limits = limits
@@ -224,9 +229,8 @@ class UploadService:
         if not protocol.is_upload_id(upload_id):
             log.error("pre_create hook chose an invalid upload id %r", upload_id)
             raise HookFailed("the server's pre-create hook chose an invalid id")
-        with self.readers.begin() as session:
-            if session.get(Upload, upload_id) is not None:
-                raise UploadExists()
+        if self.registry.get(upload_id) is not None:
+            raise UploadExists()
         return upload_id
 
     def _complete(self, info: UploadInfo) -> UploadInfo:
@@ -255,23 +259,14 @@ class UploadService:
         info = replace(info, verdict=judgement.verdict, verdict_reason=judgement.reason)
         info = replace(info, finish_headers=self.hooks.pre_finish(info))
         now = self.clock()
-        with self.sessions.begin() as session:
-            won = session.execute(
-                update(Upload)
-                .where(
-                    Upload.id == info.id,
-                    Upload.state == UploadState.COMPLETED,
-                    Upload.finished_at.is_(None),
-                )
-                .values(finished_at=now, verdict=info.verdict, verdict_reason=info.verdict_reason)
-                .execution_options(synchronize_session=False)
-            )
-            if cast("CursorResult[Any]", won).rowcount != 1:
+        with self.registry.writing() as tx:
+            # The verdict with finished_at, by the same compare-and-set.
+            if not tx.finish(info.id, now, info.verdict, info.verdict_reason):
                 # Another holder finished it meanwhile (a lost lock), or it is gone.
                 log.warning("upload %s: finished elsewhere meanwhile", info.id)
                 return replace(info, finished_at=now)
             info = replace(info, finished_at=now, finished_now=True)
-            self.outbox.record(session, "post-finish", info, now)
+            self.outbox.record(tx, "post-finish", info, now)
         log.info("upload %s finished", info.id)
         self.hooks.emit("post-finish", info)
         return info
@@ -284,8 +279,8 @@ class UploadService:
         failure here is logged, and the finish stays due for the next request.
         ``size``: the store's, when the request knows it (see ``_KnownSize``)."""
         try:
-            with self.readers.begin() as session:
-                row = session.get(Upload, upload_id)
+            with self.registry.reading() as tx:
+                row = tx.get(upload_id)
                 if row is None:
                     return None
                 info = UploadInfo.of(row)
@@ -293,9 +288,10 @@ class UploadService:
             if unsettled and size is None:
                 size = self.store.size(upload_id)
             if unsettled and size is not None and size != info.offset:
-                with self.sessions.begin() as session:
-                    row = self._load_row(session, upload_id)
+                with self.registry.writing() as tx:
+                    row = self._read_row(tx, upload_id)
                     self._reconcile_row(row, size)
+                    tx.save(row)
                     info = UploadInfo.of(row)
             return self._complete(info)
         except TusError:
@@ -355,25 +351,22 @@ class UploadService:
         # its lock, cleanup and terminate treat it as one.
         self.store.create(row.id)
         try:
-            with self.sessions.begin() as session:
+            with self.registry.writing() as tx:
                 for partial_id in sorted(set(partial_ids)):
                     # Again, with each partial's row locked (PostgreSQL; SQLite's write
                     # transactions are serial): a DELETE of one either came first (410
                     # here) or finds this final naming it, and keeps its bytes.
-                    partial = session.get(Upload, partial_id, with_for_update=True)
+                    partial = tx.get(partial_id, for_update=True)
                     if partial is None:
                         raise UploadNotFound(f"partial upload {partial_id} not found")
                     self._partial_length(UploadInfo.of(partial))
-                session.add(row)
-                session.flush()  # the upload row before its parts (foreign key)
-                session.add_all(
-                    UploadPart(final_id=row.id, position=position, partial_id=partial_id)
-                    for position, partial_id in enumerate(partial_ids)
-                )
                 if self.quota is not None:
-                    self.quota.on_create(session, row)
+                    # Before the insert, so the row holds what was counted.
+                    self.quota.on_create(tx, row)
+                tx.insert(row)  # the upload row before its parts (foreign key)
+                tx.insert_parts(row.id, partial_ids)
                 created = UploadInfo.of(row, tuple(partial_ids))
-                self.outbox.record(session, "post-create", created, created.created_at)
+                self.outbox.record(tx, "post-create", created, created.created_at)
         except BaseException:
             self.store.delete(row.id)
             raise
@@ -401,10 +394,10 @@ class UploadService:
 
     def _new_row(
         self, length: int | None, metadata: dict[str, bytes | None], concat: Concat | None
-    ) -> Upload:
+    ) -> UploadRow:
         now = self.clock()
         done = length == 0 and concat is not Concat.FINAL
-        return Upload(
+        return UploadRow(
             id=self.new_id(),
             state=UploadState.COMPLETED if done else UploadState.ACTIVE,
             length=length,
@@ -418,20 +411,19 @@ class UploadService:
             concat=concat,
         )
 
-    def _register(self, row: Upload, parts: Iterable[UploadPart] = ()) -> None:
+    def _register(self, row: UploadRow) -> None:
         upload_id = row.id
         # Data first: a row never exists without its file. A full disk fails here,
         # before anything is registered.
         self.store.create(upload_id)
         try:
-            with self.sessions.begin() as session:
-                session.add(row)
-                session.flush()  # the upload row before its parts (foreign key)
-                session.add_all(parts)
+            with self.registry.writing() as tx:
                 if self.quota is not None:
-                    # In the insert's transaction: over quota, nothing is registered.
-                    self.quota.on_create(session, row)
-                self.outbox.record(session, "post-create", UploadInfo.of(row), row.created_at)
+                    # In the insert's transaction (before it, so the row holds what
+                    # was counted): over quota, nothing is registered.
+                    self.quota.on_create(tx, row)
+                tx.insert(row)
+                self.outbox.record(tx, "post-create", UploadInfo.of(row), row.created_at)
         except BaseException:
             self.store.delete(upload_id)
             raise
@@ -442,10 +434,10 @@ class UploadService:
         """The upload as the registry has it, tombstones included: what the authorize
         hook decides on. A read only: no lock, no write, no store. An id this server
         could not have made, or doesn't know, is ``UploadNotFound`` (404)."""
-        info = self.describe_many([upload_id]).get(upload_id)
-        if info is None:
+        if not protocol.is_upload_id(upload_id):
             raise UploadNotFound()
-        return info
+        row = self._found(self.registry.get(upload_id))
+        return UploadInfo.of(row, self._parts(row))
 
     def describe_many(self, upload_ids: Iterable[str]) -> dict[str, UploadInfo]:
         """``describe`` for many ids at once (unknown ones are left out)."""
@@ -455,7 +447,7 @@ class UploadService:
             for start in range(0, len(wanted), _QUERY_BATCH):
                 batch = wanted[start : start + _QUERY_BATCH]
                 for row in session.scalars(select(Upload).where(Upload.id.in_(batch))):
-                    infos[row.id] = UploadInfo.of(row, self._parts(session, row))
+                    infos[row.id] = UploadInfo.of(row, self._parts(row, session))
         return infos
 
     def info(self, upload_id: str) -> UploadInfo:
@@ -463,9 +455,8 @@ class UploadService:
         with self._hold(upload_id) as size:
             # Usually the row agrees with the data file: reading is enough, and a read
             # waits for no writer. Only a row to reconcile takes a write transaction.
-            with self.readers.begin() as session:
-                row = self._load_row(session, upload_id)
-                info = UploadInfo.of(row, self._parts(session, row))
+            row = self._get_row(upload_id)
+            info = UploadInfo.of(row, self._parts(row))
             if info.concat is Concat.FINAL:
                 # Its bytes are its partials' (download): its own data holds none, so
                 # there is nothing to reconcile; a finish left due is resumed.
@@ -480,10 +471,11 @@ class UploadService:
                 size = info.offset
             if row.verifying or size != info.offset:
                 try:
-                    with self.sessions.begin() as session:
-                        row = self._load_row(session, upload_id)
+                    with self.registry.writing() as tx:
+                        row = self._read_row(tx, upload_id)
                         self._reconcile_row(row, size)
-                        info = UploadInfo.of(row, self._parts(session, row))
+                        tx.save(row)
+                        info = UploadInfo.of(row)
                 except OperationalError as error:
                     if db.registry_full(error) is None or size != info.offset:
                         raise
@@ -503,7 +495,7 @@ class UploadService:
             raise UploadNotFound()
         with self.readers.begin() as session:
             row = self._load_row(session, upload_id)
-            info = UploadInfo.of(row, self._parts(session, row))
+            info = UploadInfo.of(row, self._parts(row, session))
             lengths = self._lengths(session, info.parts)
         if not info.complete:
             raise UploadNotFound("upload not complete yet")
@@ -533,7 +525,7 @@ class UploadService:
         partials'), for the finish's checks."""
         if info.concat is Concat.FINAL and self.store.size(info.id) != info.length:
             with self.readers.begin() as session:
-                parts = info.parts or self._parts(session, self._load_row(session, info.id))
+                parts = info.parts or self._parts(self._load_row(session, info.id), session)
                 lengths = self._lengths(session, parts)
             return self._open_parts(parts, lengths)
         return self.store.open(info.id)
@@ -626,8 +618,10 @@ class UploadService:
             known.value = info.offset  # the row and the store agree again
             return info
 
-        with self.sessions.begin() as session:
-            row = self._load_row(session, upload_id)
+        def check(row: UploadRow, tx: Transaction | None) -> int:
+            """The checks before the body (changing ``row`` as they go): the bytes
+            the body may bring. ``tx``: the write transaction, when they change the
+            row or the quota's counts."""
             verdicts.require_servable(UploadInfo.of(row))
             known.value = self._reconcile_row(row, known.value)
             if row.concat is Concat.FINAL:
@@ -640,8 +634,8 @@ class UploadService:
                 )
             if length is not None:
                 self._declare_length(row, length)
-                if self.quota is not None:
-                    self.quota.on_length(session, row)
+                if self.quota is not None and tx is not None:  # (a length always writes)
+                    self.quota.on_length(tx, row)
             if row.state is UploadState.COMPLETED and content_length:
                 raise UploadTooLarge("the upload is already complete", offset=row.offset)
             limit = (row.length if row.length is not None else self.limits.max_size) - offset
@@ -653,8 +647,26 @@ class UploadService:
                 row.updated_at = self.clock()
                 self._mark_complete_if_done(row)
             row.verifying = verify
-            before = UploadInfo.of(row)
-            metered = self._metered(session, row, offset, content_length, chunks)
+            if self.quota is not None and tx is not None:
+                # Room for a body of deferred length, before a byte of it is read.
+                self.quota.reserve_body(tx, row, content_length)
+            return limit
+
+        # Usually the checks change nothing (no reconcile, no length, no checksum, no
+        # quota to reserve): a read then, which waits for no writer; else a write,
+        # checked again in it.
+        row = self._get_row(upload_id)
+        reserves = self.quota is not None and row.length is None and bool(content_length)
+        writes = verify or length is not None or reserves or self._unreconciled(row, known.value)
+        if not writes:
+            limit = check(row, None)
+        else:
+            with self.registry.writing() as tx:
+                row = self._read_row(tx, upload_id)
+                limit = check(row, tx)
+                tx.save(row)
+        before = UploadInfo.of(row)
+        metered = self._metered(row, offset, content_length, chunks)
         if before.complete:
             # Declaring the length completed it, or it was complete already.
             return before
@@ -745,16 +757,6 @@ class UploadService:
 
     # -- internals --------------------------------------------------------------------
 
-    def _parts(self, session: Session, row: Upload) -> tuple[str, ...]:
-        if row.concat is not Concat.FINAL:
-            return ()
-        query = (
-            select(UploadPart.partial_id)
-            .where(UploadPart.final_id == row.id)
-            .order_by(UploadPart.position)
-        )
-        return tuple(session.scalars(query))
-
     def _assemble(self, final_id: str) -> UploadInfo:
         """Complete a final upload once all its partials are complete (lock held).
 
@@ -764,7 +766,7 @@ class UploadService:
         """
         with self.readers.begin() as session:
             row = self._load_row(session, final_id)
-            parts = self._parts(session, row)
+            parts = self._parts(row, session)
             info = UploadInfo.of(row, parts)
             if not info.complete:
                 query = select(Upload).where(Upload.id.in_(set(parts)))
@@ -802,8 +804,7 @@ class UploadService:
         if not protocol.is_upload_id(upload_id):
             # Never a path: only ids we could have made reach storage and locks.
             raise UploadNotFound()
-        with self.readers.begin() as session:
-            self._load_row(session, upload_id)
+        self._check_live(self._found(self.registry.get(upload_id)))
 
     @contextmanager
     def _hold(self, upload_id: str) -> Iterator[int]:
@@ -823,13 +824,54 @@ class UploadService:
         row = session.get(Upload, upload_id)
         if row is None:
             raise UploadNotFound()
+        self._check_live(row)
+        return row
+
+    def _read_row(self, tx: Transaction, upload_id: str) -> UploadRow:
+        """``_load_row`` on the hot paths (registry.py), in a transaction."""
+        row = self._found(tx.get(upload_id))
+        self._check_live(row)
+        return row
+
+    def _get_row(self, upload_id: str) -> UploadRow:
+        """``_read_row`` as a read of its own (one statement)."""
+        row = self._found(self.registry.get(upload_id))
+        self._check_live(row)
+        return row
+
+    @staticmethod
+    def _found(row: UploadRow | None) -> UploadRow:
+        if row is None:
+            raise UploadNotFound()
+        return row
+
+    def _check_live(self, row: Upload | UploadRow) -> None:
         if row.state in (UploadState.TERMINATED, UploadState.EXPIRED):
             raise UploadGone()
         if row.expired_at(self.clock()):
             raise UploadGone("upload expired")
-        return row
 
-    def _reconcile_row(self, row: Upload, size: int | None) -> int | None:
+    def _parts(self, row: Upload | UploadRow, session: Session | None = None) -> tuple[str, ...]:
+        """A final upload's partial upload ids, in order (fixed when it was made, so
+        read apart from its row); () for any other upload."""
+        if row.concat is not Concat.FINAL:
+            return ()
+        if session is None:
+            with self.registry.reading() as tx:
+                return tx.parts(row.id)
+        query = (
+            select(UploadPart.partial_id)
+            .where(UploadPart.final_id == row.id)
+            .order_by(UploadPart.position)
+        )
+        return tuple(session.scalars(query))
+
+    @staticmethod
+    def _unreconciled(row: UploadRow, size: int | None) -> bool:
+        """Whether ``_reconcile_row`` would change ``row`` (or refuse it)."""
+        return row.concat is not Concat.FINAL and (row.verifying or size != row.offset)
+
+    def _reconcile_row(self, row: Upload | UploadRow, size: int | None) -> int | None:
         """Make the row agree with the data file (``size``, read under the lock) after a
         crash between write and record: may truncate the store. Returns the store's
         size after it.
@@ -867,23 +909,20 @@ class UploadService:
 
     def _metered(
         self,
-        session: Session,
-        row: Upload,
+        row: UploadRow,
         offset: int,
         content_length: int | None,
         chunks: Iterable[bytes],
     ) -> Iterable[bytes]:
         """A PATCH body counted against the quota (quota.py) when its upload's length is
-        deferred: room for a body with a Content-Length is reserved here, before a byte
-        of it is read; a chunked one is counted as it arrives."""
-        if self.quota is None or row.length is not None:
-            return chunks
-        self.quota.reserve_body(session, row, content_length)
-        if content_length is not None:
+        deferred: room for a body with a Content-Length was reserved by the checks
+        (``reserve_body``, in their transaction), before a byte of it is read; a
+        chunked one is counted as it arrives."""
+        if self.quota is None or row.length is not None or content_length is not None:
             return chunks
         return self.quota.meter(row.id, offset, row.quota_bytes, chunks)
 
-    def _declare_length(self, row: Upload, length: int) -> None:
+    def _declare_length(self, row: Upload | UploadRow, length: int) -> None:
         if row.length is not None:
             if row.length != length:
                 raise InvalidHeader("Upload-Length can't change once set")
@@ -894,7 +933,7 @@ class UploadService:
             raise InvalidHeader("Upload-Length is below the upload's offset")
         row.length = length
 
-    def _mark_complete_if_done(self, row: Upload) -> None:
+    def _mark_complete_if_done(self, row: Upload | UploadRow) -> None:
         now = self.clock()
         if row.length is not None and row.offset >= row.length:
             row.state = UploadState.COMPLETED
@@ -938,8 +977,8 @@ class UploadService:
                 # makes the reconcile drop the rest rather than count it.
                 doubtful = True
         try:
-            with self.sessions.begin() as session:
-                row = session.get(Upload, upload_id)
+            with self.registry.writing() as tx:
+                row = tx.get(upload_id)
                 if row is None:
                     raise UploadNotFound()
                 row.offset = stored
@@ -947,7 +986,8 @@ class UploadService:
                 row.updated_at = self.clock()
                 self._mark_complete_if_done(row)
                 if self.quota is not None:
-                    self.quota.settle(session, row)
+                    self.quota.settle(tx, row)
+                tx.save(row)
                 return UploadInfo.of(row)
         except OperationalError as error:
             full = db.registry_full(error, offset=start)

@@ -72,14 +72,16 @@ def settings() -> Settings:
 
 
 @bp.before_request
-def require_tus_version() -> None:
-    if resumable.is_draft_request(request.headers):
-        return  # Resumable Uploads for HTTP: resumable_views answers (and authorizes)
-    # Before anything else, and so before a byte of body is read.
-    if request.method not in NO_TUS_HEADER_METHODS:
-        protocol.require_tus_resumable(request.headers.get("Tus-Resumable"))
-    if request.method != "OPTIONS":
-        authorize()
+def before_tus_request() -> None:
+    """Every tus request's checks, in one handler (each one Flask runs costs a little on
+    every request), before anything else and so before a byte of body is read."""
+    if not resumable.is_draft_request(request.headers):
+        # Resumable Uploads for HTTP: resumable_views answers (and authorizes) those.
+        if request.method not in NO_TUS_HEADER_METHODS:
+            protocol.require_tus_resumable(request.headers.get("Tus-Resumable"))
+        if request.method != "OPTIONS":
+            authorize()
+    require_usable_host()
 
 
 def authorize() -> None:
@@ -99,17 +101,34 @@ def authorize() -> None:
     svc.hooks.authorize(asking, upload)
 
 
-@bp.before_request
 def require_usable_host() -> None:
     # Location and Upload-Concat URLs are made from the Host the client sent. One that
     # can't make a URL (characters Werkzeug drops, an IDNA label that won't decode) is
     # the client's mistake: 400, not a 500 or a Location without a host.
-    try:
-        usable = all((request.host, request.url, url_for("tus.create", _external=True)))
-    except (UnicodeError, ValueError):
-        usable = False
+    environ = request.environ
+    # What the answer depends on; clients send the same few again and again.
+    key = (
+        environ.get("HTTP_HOST"),
+        environ.get("SERVER_NAME"),
+        environ.get("SERVER_PORT"),
+        environ.get("wsgi.url_scheme"),
+        environ.get("SCRIPT_NAME"),
+    )
+    usable = _USABLE_HOSTS.get(key)
+    if usable is None:
+        try:
+            usable = all((request.host, request.url, url_for("tus.create", _external=True)))
+        except (UnicodeError, ValueError):
+            usable = False
+        if len(_USABLE_HOSTS) >= _MAX_USABLE_HOSTS:
+            _USABLE_HOSTS.clear()  # a client inventing hosts: start over, stay bounded
+        _USABLE_HOSTS[key] = usable
     if not usable:
         raise InvalidHeader("Host is missing or not a valid host[:port]")
+
+
+_USABLE_HOSTS: dict[tuple[object, ...], bool] = {}
+_MAX_USABLE_HOSTS = 1024
 
 
 @bp.route("", methods=["OPTIONS"], strict_slashes=False)
