@@ -32,7 +32,7 @@ from uploadsvc.models import (
 )
 from uploadsvc.quota import Quota, QuotaExceeded
 from uploadsvc.records import UploadInfo
-from uploadsvc.registry import COLUMNS, Registry
+from uploadsvc.registry import COLUMNS, MAX_IDLE_READERS, Registry
 
 NOW = datetime(2026, 12, 6, 22, 55, 25, 123, tzinfo=UTC)
 
@@ -324,3 +324,24 @@ def test_quota_counts_in_the_registry_transaction(
         assert usage_row is not None and (usage_row.used_bytes, usage_row.used_files) == (0, 0)
         stored = session.get(Upload, "f" * 32)
         assert stored is not None and (stored.quota_bytes, stored.quota_files) == (0, 0)
+
+
+def test_many_reading_threads_keep_few_sqlite_connections(registry: Registry) -> None:
+    """A worker runs a thousand threads (README "Capacity"): the connections kept for
+    reading are bounded, not one per thread (three open files and a page cache each)."""
+    if not registry.sqlite:
+        pytest.skip("PostgreSQL reads through the engine's bounded pool")
+    start = threading.Barrier(64)
+    seen: list[object] = []
+
+    def read() -> None:
+        start.wait(timeout=10)
+        seen.append(registry.get("0" * 32))
+
+    threads = [threading.Thread(target=read) for _ in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert seen == [None] * 64
+    assert len(registry._idle) <= MAX_IDLE_READERS

@@ -42,6 +42,10 @@ from .groupcommit import GroupCommit
 from .models import Concat, EventState, UploadRow, UploadState, Verdict
 
 # uploads' columns in UploadRow's field order.
+# SQLite read connections a process keeps for reuse (more are opened while more threads
+# read at once, and closed after): reads are short, so a few cover two cores.
+MAX_IDLE_READERS = 16
+
 COLUMNS = (
     "id",
     "state",
@@ -336,10 +340,12 @@ class Registry:
         self.engine = engine
         self.sqlite = engine.dialect.name == "sqlite"
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
-        # SQLite: one connection per thread, kept (opening one runs four PRAGMAs);
-        # PostgreSQL: the engine's pool, whose size bounds the server's connections.
-        self._local = threading.local()
-        self._opened: list[Any] = []
+        # SQLite: readers' connections, kept for reuse (opening one runs four PRAGMAs)
+        # but at most MAX_IDLE_READERS of them, not one per thread: a worker runs a
+        # thousand threads (README "Capacity"), and each SQLite connection holds three
+        # open files and its own page cache. PostgreSQL: the engine's pool, whose size
+        # bounds the server's connections.
+        self._idle: list[Any] = []
         self._guard = threading.Lock()
         # SQLite's one writer: the threads of this process take turns and commit
         # together, processes take turns by a lock file beside the database.
@@ -358,21 +364,28 @@ class Registry:
     def close(self) -> None:
         """Close this registry's SQLite connections (of every thread)."""
         with self._guard:
-            opened, self._opened = self._opened, []
-        for connection in opened:
+            idle, self._idle = self._idle, []
+        for connection in idle:
             connection.close()
-        self._local = threading.local()
         self._writes.close()
 
-    def _sqlite_connection(self) -> Any:
-        """This thread's connection for reading."""
-        connection = getattr(self._local, "connection", None)
+    @contextmanager
+    def _sqlite_reader(self) -> Iterator[Any]:
+        """A connection for reading, this block's alone: an idle one, or a new one when
+        every kept one is in use (closed after, past ``MAX_IDLE_READERS``)."""
+        with self._guard:
+            connection = self._idle.pop() if self._idle else None
         if connection is None:
             connection = self._new_sqlite_connection()
+        try:
+            yield connection
+        finally:
             with self._guard:
-                self._opened.append(connection)
-            self._local.connection = connection
-        return connection
+                keep = len(self._idle) < MAX_IDLE_READERS
+                if keep:
+                    self._idle.append(connection)
+            if not keep:
+                connection.close()
 
     def _new_sqlite_connection(self) -> Any:
         dialect = self.engine.dialect
@@ -390,18 +403,18 @@ class Registry:
             with self._pooled_transaction(writes=False) as transaction:
                 yield transaction
             return
-        connection = self._sqlite_connection()
-        cursor = connection.cursor()
-        try:
-            with self._translated():
-                cursor.execute("BEGIN DEFERRED")
-                yield Transaction(cursor, True, writes=False)
-        finally:
+        with self._sqlite_reader() as connection:
+            cursor = connection.cursor()
             try:
-                if connection.in_transaction:
-                    connection.rollback()  # it only read: nothing to commit
+                with self._translated():
+                    cursor.execute("BEGIN DEFERRED")
+                    yield Transaction(cursor, True, writes=False)
             finally:
-                cursor.close()
+                try:
+                    if connection.in_transaction:
+                        connection.rollback()  # it only read: nothing to commit
+                finally:
+                    cursor.close()
 
     @contextmanager
     def writing(self) -> Iterator[Transaction]:
@@ -420,12 +433,13 @@ class Registry:
         if not self.sqlite:
             with self.reading() as transaction:
                 return transaction.get(upload_id)
-        cursor = self._sqlite_connection().cursor()
-        try:
-            with self._translated():
-                return Transaction(cursor, True, writes=False).get(upload_id)
-        finally:
-            cursor.close()
+        with self._sqlite_reader() as connection:
+            cursor = connection.cursor()
+            try:
+                with self._translated():
+                    return Transaction(cursor, True, writes=False).get(upload_id)
+            finally:
+                cursor.close()
 
     @contextmanager
     def _pooled_transaction(self, *, writes: bool) -> Iterator[Transaction]:
