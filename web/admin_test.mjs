@@ -16,19 +16,11 @@
 import path from 'node:path'
 import { chromium } from 'playwright-core'
 
+import { CHROMIUM_ARGS } from './chromium.mjs'
+
 const spec = JSON.parse(process.argv[2] ?? '{}')
 const TIMEOUT_MS = (spec.timeoutSeconds ?? 90) * 1000
 
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-]
 
 const observed = { console: [], pageErrors: [], screenshots: [], progress: [], steps: [] }
 
@@ -69,7 +61,7 @@ async function main() {
   const browser = await chromium.launchPersistentContext(spec.userDataDir, {
     executablePath: spec.executablePath,
     headless: true,
-    args: ARGS,
+    args: CHROMIUM_ARGS,
     viewport: { width: 1000, height: 760 },
     timeout: 60000,
   })

@@ -17,22 +17,13 @@
 import path from 'node:path'
 import { chromium } from 'playwright-core'
 
+import { CHROMIUM_ARGS } from './chromium.mjs'
+
 const spec = JSON.parse(process.argv[2] ?? '{}')
 const TIMEOUT_MS = (spec.timeoutSeconds ?? 120) * 1000
 const STEP_MS = Math.min(60000, TIMEOUT_MS)
 const BIG = path.basename(spec.files[0])
 
-// Without these, Chromium reaches for the network (updates, sync, QUIC) and stalls here.
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-]
 
 const observed = {
   console: [], // {type, text}
@@ -199,7 +190,7 @@ async function main() {
   const context = await chromium.launchPersistentContext(spec.userDataDir, {
     executablePath: spec.executablePath,
     headless: true,
-    args: ARGS,
+    args: CHROMIUM_ARGS,
     viewport: { width: 1000, height: 760 },
     timeout: 60000,
   })

@@ -12,21 +12,12 @@
 import path from 'node:path'
 import { chromium } from 'playwright-core'
 
+import { CHROMIUM_ARGS } from '../../web/chromium.mjs'
+
 const spec = JSON.parse(process.argv[2] ?? '{}')
 const TIMEOUT_MS = (spec.timeoutSeconds ?? 120) * 1000
 const STEP_MS = Math.min(60000, TIMEOUT_MS)
 
-// Without these, Chromium reaches for the network (updates, sync, QUIC) and stalls here.
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-]
 
 function finish(result) {
   process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(result.ok ? 0 : 1))
@@ -82,7 +73,7 @@ async function main() {
   const context = await chromium.launchPersistentContext(spec.userDataDir, {
     executablePath: spec.executablePath,
     headless: true,
-    args: ARGS,
+    args: CHROMIUM_ARGS,
     viewport: { width: 1100, height: 800 },
     timeout: 60000,
   })

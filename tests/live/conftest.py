@@ -111,6 +111,26 @@ class Response:
         return self.headers.get(name.lower())
 
 
+# ``data_file(size)``: a file of seeded random bytes and its sha256.
+DataFile = Callable[[int], tuple[Path, str]]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> DataFile:
+    """``data_file(size)``: a file of seeded random bytes and its sha256 (made once per
+    module and size)."""
+    folder = tmp_path_factory.mktemp("data")
+    made: dict[int, tuple[Path, str]] = {}
+
+    def get(size: int) -> tuple[Path, str]:
+        if size not in made:
+            path = folder / f"data-{size}.bin"
+            made[size] = (path, make_data_file(path, size, seed=size + 7))
+        return made[size]
+
+    return get
+
+
 def http_request(
     method: str,
     url: str,

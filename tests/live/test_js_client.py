@@ -16,7 +16,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ import pytest
 
 from .conftest import (
     JS_DIR,
+    DataFile,
     LiveServer,
     MiB,
     head_upload,
     http_request,
-    make_data_file,
     run_node,
     sha256_file,
 )
@@ -39,7 +39,6 @@ SCRIPT = "node_upload.mjs"
 NODE_TIMEOUT = 150.0  # seconds per node process (its own watchdog fires at 120 s)
 WHOLE = None  # tus-js-client's default chunkSize: infinite, one PATCH for the whole file
 
-DataFile = Callable[[int], tuple[Path, str]]
 Requests = list[dict[str, Any]]
 
 
@@ -51,21 +50,6 @@ def _fmt(n: int | None) -> str:
     if n > MiB:
         return f"{n // MiB}MiB+{n % MiB}"
     return f"{n}B"
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory: pytest.TempPathFactory) -> DataFile:
-    """``data_file(size)``: a file of seeded random bytes and its sha256 (made once)."""
-    folder = tmp_path_factory.mktemp("js-data")
-    made: dict[int, tuple[Path, str]] = {}
-
-    def get(size: int) -> tuple[Path, str]:
-        if size not in made:
-            path = folder / f"data-{size}.bin"
-            made[size] = (path, make_data_file(path, size, seed=size + 7))
-        return made[size]
-
-    return get
 
 
 def _upload(node: str, server: LiveServer, **spec: Any) -> dict[str, Any]:

@@ -9,27 +9,12 @@ from typing import Any
 
 import pytest
 
-from .conftest import LiveServer, MiB, http_request, make_data_file, run_node
-from .test_js_client import NODE_TIMEOUT, SCRIPT, DataFile, _assert_stored, _fmt
+from .conftest import DataFile, LiveServer, MiB, http_request, run_node
+from .test_js_client import NODE_TIMEOUT, SCRIPT, _assert_stored, _fmt
 
 pytestmark = pytest.mark.live
 
 PROTOCOLS = {"ietf-draft-03": "5", "ietf-draft-05": "6"}
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory: pytest.TempPathFactory) -> DataFile:
-    """``data_file(size)``: a file of seeded random bytes and its sha256 (made once)."""
-    folder = tmp_path_factory.mktemp("ietf-data")
-    made: dict[int, tuple[Path, str]] = {}
-
-    def get(size: int) -> tuple[Path, str]:
-        if size not in made:
-            path = folder / f"data-{size}.bin"
-            made[size] = (path, make_data_file(path, size, seed=size + 11))
-        return made[size]
-
-    return get
 
 
 def _draft_head(url: str, interop: str) -> dict[str, str | None]:
