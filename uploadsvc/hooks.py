@@ -295,10 +295,6 @@ class Hooks:
             self._queue.get()()
             self._queue.task_done()
 
-    def pending(self) -> int:
-        """Post-events queued in this process and not yet delivered."""
-        return self._queue.unfinished_tasks
-
     def drain(self, timeout: float = 10.0) -> None:
         """Wait (bounded) until queued post-events ran: for tests and shutdown."""
         deadline = time.monotonic() + timeout
