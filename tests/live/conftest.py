@@ -111,6 +111,23 @@ class Response:
         return self.headers.get(name.lower())
 
 
+def run_flask(
+    server: LiveServer, *args: str, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """``flask --app wsgi ARGS`` with the live server's settings, as cron or an operator
+    runs it against the same registry."""
+    env = harness.clean_env(UPLOADSVC_DATA_DIR=str(server.data_dir), **server.env)
+    return subprocess.run(
+        [str(VENV_BIN / "flask"), "--app", "wsgi", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 # ``data_file(size)``: a file of seeded random bytes and its sha256.
 DataFile = Callable[[int], tuple[Path, str]]
 

@@ -18,7 +18,6 @@ from tusclient import client
 from testsupport import server as harness
 
 from .conftest import (
-    REPO_ROOT,
     VENV_BIN,
     KiB,
     LiveServer,
@@ -26,6 +25,7 @@ from .conftest import (
     call_with_deadline,
     http_request,
     make_data_file,
+    run_flask,
     run_node,
     sha256_file,
     tus_headers,
@@ -36,7 +36,6 @@ from .test_page import run_page
 pytestmark = pytest.mark.live
 
 ADMIN = "live-admin-token-0123456789"
-FLASK = VENV_BIN / "flask"
 CLI = VENV_BIN / "uploadsvc-upload"
 RUN_TIMEOUT = 120.0
 
@@ -47,22 +46,8 @@ def grants_server(server_factory: Callable[..., LiveServer]) -> LiveServer:
     )
 
 
-def flask(server: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
-    """`flask --app wsgi ...` with the server's settings, as cron or an operator runs it."""
-    env = harness.clean_env(UPLOADSVC_DATA_DIR=str(server.data_dir), **server.env)
-    return subprocess.run(
-        [str(FLASK), "--app", "wsgi", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
-
-
 def new_grant(server: LiveServer, *options: str) -> dict[str, Any]:
-    done = flask(
+    done = run_flask(
         server,
         "grant",
         "create",
@@ -79,7 +64,7 @@ def new_grant(server: LiveServer, *options: str) -> dict[str, Any]:
 
 
 def grant_list(server: LiveServer) -> dict[str, dict[str, Any]]:
-    done = flask(server, "grant", "list", "--json")
+    done = run_flask(server, "grant", "list", "--json")
     assert done.returncode == 0, done.stderr
     return {g["id"]: g for g in json.loads(done.stdout)}
 
@@ -199,7 +184,7 @@ def test_a_grant_revoked_while_the_cli_uploads(
                 head = http_request("HEAD", url, {**tus_headers(), **bearer(ADMIN)})
                 offset = int(head.header("Upload-Offset") or 0)
         assert url is not None and offset >= 256 * KiB, "the upload never got going"
-        revoked = flask(server, "grant", "revoke", made["id"])
+        revoked = run_flask(server, "grant", "revoke", made["id"])
         assert revoked.returncode == 0, revoked.stderr
         _, err = proc.communicate(timeout=RUN_TIMEOUT)
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -23,11 +22,11 @@ from testsupport import server as harness
 from uploadsvc import close_app, create_app
 
 from .conftest import (
-    REPO_ROOT,
     VENV_BIN,
     LiveServer,
     head_upload,
     patch_upload,
+    run_flask,
     start_server,
     upload_id,
 )
@@ -153,17 +152,10 @@ def test_a_receiver_holding_its_requests_holds_up_no_upload(
 
 
 def server_cli(server: LiveServer, *args: str) -> str:
-    """``flask --app wsgi ARGS`` against the live server's registry."""
-    env = harness.clean_env(UPLOADSVC_DATA_DIR=str(server.data_dir), **server.env)
-    result = subprocess.run(
-        [str(VENV_BIN / "flask"), "--app", "wsgi", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout.decode()
+    """``flask --app wsgi ARGS`` against the live server's registry: what it printed."""
+    result = run_flask(server, *args, timeout=60)
+    result.check_returncode()
+    return result.stdout
 
 
 def test_flask_webhooks_deliver_runs_until_sigterm(receiver: str, tmp_path: Path) -> None:
