@@ -23,7 +23,7 @@ from .config import PREFIX, ConfigError, Settings
 from .connection import AnnouncedCloses
 from .delivery import Dispatcher
 from .feed import Feed
-from .grants import GrantStore
+from .grants import GrantStore, allowed_types
 from .hooks import Hooks, load_hooks
 from .locking import Locker
 from .locking.filelock import FileLocker
@@ -270,8 +270,7 @@ def _judge(gate: TypeGate, hooks: Hooks, grants: GrantStore) -> Judge:
         if upload.grant_id is None:
             return gate
         if upload.grant_id not in types:
-            grant = grants.get(upload.grant_id)
-            types[upload.grant_id] = grant.types if grant is not None else ()
+            types[upload.grant_id] = allowed_types(grants.get(upload.grant_id))
         allowed = types[upload.grant_id]
         return gate & TypeGate(allowed) if allowed else gate
 

@@ -41,6 +41,7 @@ from .errors import (
     UploadRefused,
     UploadTooLarge,
 )
+from .grants import allowed_types
 from .hooks import HookRequest, Hooks
 from .locking import Locker
 from .models import Concat, Upload, UploadPart, UploadRow, UploadState, Verdict, is_expired
@@ -80,9 +81,10 @@ def _grant_id(request: HookRequest | None) -> str | None:
 
 def _grant_gate(request: HookRequest | None, gate: TypeGate | None) -> TypeGate | None:
     """A creation's own type gate: the one given, or its grant's types (--types)."""
-    if gate is not None or request is None or request.grant is None:
+    if gate is not None or request is None:
         return gate
-    return TypeGate(request.grant.types) if request.grant.types else None
+    types = allowed_types(request.grant)
+    return TypeGate(types) if types else None
 
 
 def named_by_live_finals() -> Select[str]:
