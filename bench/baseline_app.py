@@ -4,7 +4,7 @@ What a Flask shop writes on a first try: no registry, no locks, no checks; the b
 copied with ``shutil.copyfileobj`` in 1 MiB reads and fsynced before the answer (as
 uploadsvc does with UPLOADSVC_FSYNC=1). Same routes as bench/limit_server.py.
 
-    BENCH_DATA_DIR=... gunicorn -k gthread ... --chdir bench baseline_app:app
+    cd bench && BENCH_DATA_DIR=... gunicorn -k gthread -w 2 --threads 8 baseline_app:app
 """
 
 from __future__ import annotations

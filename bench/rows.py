@@ -73,7 +73,7 @@ ROWS = [
         "MB/s",
         True,
         "MBps",
-        target=(">= 0.6 x limit", lambda v, lim, base: _ge(lim, 0.6)),
+        target=(">= 0.85 x limit", lambda v, lim, base: _ge(lim, 0.85)),
     ),
     Row(
         "chunked",
@@ -89,7 +89,15 @@ ROWS = [
         "uploads/s",
         True,
         "per_s",
-        target=(">= baseline", lambda v, lim, base: _ge(base, 1.0)),
+        target=(">= 1.5 x baseline", lambda v, lim, base: _ge(base, 1.5)),
+    ),
+    Row(
+        "small_p99",
+        "small uploads, 32 clients: latency p99 (3 requests)",
+        "ms",
+        False,
+        "p99_ms",
+        target=("< 100 ms", lambda v, lim, base: _le(v, 100.0)),
     ),
     Row(
         "head",
@@ -97,7 +105,7 @@ ROWS = [
         "req/s",
         True,
         "per_s",
-        target=(">= 1.2 x baseline", lambda v, lim, base: _ge(base, 1.2)),
+        target=(">= 1.5 x baseline", lambda v, lim, base: _ge(base, 1.5)),
     ),
     Row(
         "drop_fin",
@@ -190,5 +198,6 @@ SAME_RUN = {
     "cpu": "one_patch",
     "cpu_8m": "patches_8m",
     "cpu_chunked": "chunked",
+    "small_p99": "small",
     "rss_big": "big",
 }

@@ -7,8 +7,8 @@ Targets, all on 127.0.0.1, all fsyncing what they store before they answer:
   without any HTTP: the disk alone (write 1 GiB + fsync, like ``dd conv=fsync``) and
   loopback alone (sendfile -> recv_into, nothing stored).
 - **baseline**: bench/baseline_app.py, the obvious Flask app reading ``request.stream``
-  to a file, under gunicorn with uploadsvc's worker model (worker class, workers,
-  threads and keepalive as its gunicorn.conf.py resolves them).
+  to a file, under gunicorn's stock gthread worker, 2 workers x 8 threads (issue 15's
+  "naive Flask": what a Flask shop runs first).
 - **uploadsvc**: ``gunicorn -c gunicorn.conf.py wsgi:app`` as shipped, UPLOADSVC_FSYNC=1.
 - **nginx+uploadsvc**: deploy/nginx.conf in front of another uploadsvc (skipped, with a
   note, when that file or nginx is missing).

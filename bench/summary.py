@@ -125,9 +125,9 @@ def summarize(
                 " per-repetition ratios to limit, baseline and @tus/server; for ms, MB, s/GB"
                 " and counts lower is better.",
                 "limit = bench/limit_server.py on the same workload; baseline = Flask"
-                " copyfileobj(request.stream) under gunicorn with uploadsvc's worker model ("
+                " copyfileobj(request.stream) under "
                 + next((t.note for t in targets if t.name == "baseline"), "?")
-                + ").",
+                + ".",
                 f"Values: median of {args.reps} runs (RSS: worst run); small uploads"
                 f" and HEAD: {CLIENTS} keep-alive clients in {CLIENT_PROCS} processes,"
                 f" {args.duration:g} s after {args.warmup:g} s warm-up.",

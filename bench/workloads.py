@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpclient as hc
+from capacity import percentile
 from proctree import RssSampler, tree_cpu, tree_rss
 from settings import CLIENT_PROCS, CLIENTS, DROP_REST, DROP_SENT, PATCH_8M, SMALL, MiB
 from sources import Sources
@@ -113,6 +114,7 @@ def _client_process(
 ) -> None:
     """A client process: ``threads`` clients looping until ``end`` (time.time())."""
     done: list[float] = []
+    latencies: list[float] = []  # seconds per operation (a small upload: its 3 requests)
     errors: list[str] = []
     lock = threading.Lock()
     payload = os.urandom(SMALL)
@@ -120,7 +122,9 @@ def _client_process(
     def client(index: int) -> None:
         conn = hc.Connection("127.0.0.1", port, timeout=30)
         mine: list[float] = []
+        took: list[float] = []
         while time.time() < end:
+            began = time.time()
             try:
                 if kind == "small":
                     path = hc.create(conn, files_path, SMALL)
@@ -130,7 +134,10 @@ def _client_process(
                 else:
                     path = paths[index % len(paths)]
                     hc.expect_offset(conn.request("HEAD", path, hc.tus()), 200, SMALL, "HEAD")
-                mine.append(time.time())
+                finished = time.time()
+                mine.append(finished)
+                if began >= start:  # warm-up included: only the clock's start is shared
+                    took.append(finished - began)
             except (OSError, hc.HTTPError) as error:
                 conn.close()
                 with lock:
@@ -139,6 +146,7 @@ def _client_process(
         conn.close()
         with lock:
             done.extend(mine)
+            latencies.extend(took)
 
     wait = start - time.time()
     if wait > 0:
@@ -149,7 +157,7 @@ def _client_process(
     for worker in workers:
         worker.join()
     times = os.times()
-    out.send((done, errors, times.user + times.system))
+    out.send((done, latencies, errors, times.user + times.system))
     out.close()
 
 
@@ -176,18 +184,22 @@ def concurrent(
         procs.append(proc)
         pipes.append(receiver)
     done: list[float] = []
+    latencies: list[float] = []
     errors: list[str] = []
     client_cpu = 0.0
     for proc, pipe in zip(procs, pipes, strict=True):
-        got, errs, used = pipe.recv()
+        got, took, errs, used = pipe.recv()
         done += got
+        latencies += took
         errors += errs
         client_cpu += used
         proc.join()
     server_cpu = tree_cpu(pids) - cpu
     counted = sum(1 for t in done if t >= start + warmup)
+    p99 = percentile(latencies, 0.99)
     return {
         "per_s": counted / duration,
+        "p99_ms": None if p99 is None else p99 * 1000,
         "errors": len(errors),
         "first_errors": errors[:3],
         "client_cpu_share": client_cpu / (warmup + duration),  # of one core
