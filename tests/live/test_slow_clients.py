@@ -127,17 +127,24 @@ def _read_heads(sock: socket.socket, count: int, timeout: float = 10) -> list[in
     return [int(head.split(b" ", 2)[1]) for head in heads if head.startswith(b"HTTP/1.1 ")]
 
 
+@pytest.mark.parametrize("when", ["after-idling", "at-once"])
 def test_kept_alive_connection_sending_half_its_next_head_is_closed(
-    server_factory: Callable[..., LiveServer],
+    server_factory: Callable[..., LiveServer], when: str
 ) -> None:
+    """After idling (the main loop waits for it) or with the first request (the thread
+    that answers reads it, waiting for the rest a moment, then hands it back)."""
     server = server_factory(UPLOADSVC_HEADER_TIMEOUT="1")
     port = server.port
     options = build_request("OPTIONS", "/files/", [("Tus-Resumable", TUS_VERSION)], port=port)
     with connect(port, timeout=10) as sock:
-        sock.sendall(options)
-        assert read_response_head(sock, timeout=10).status == 204
-        time.sleep(1.5)  # idle on a kept-alive connection: the deadline hasn't started
-        sock.sendall(options[:10])
+        if when == "at-once":
+            sock.sendall(options + options[:10])
+            assert read_response_head(sock, timeout=10).status == 204
+        else:
+            sock.sendall(options)
+            assert read_response_head(sock, timeout=10).status == 204
+            time.sleep(1.5)  # idle on a kept-alive connection: the deadline hasn't started
+            sock.sendall(options[:10])
         began = time.monotonic()
         answer = read_response_head(sock, timeout=10)
         assert answer.status == 408, answer
