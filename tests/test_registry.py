@@ -6,6 +6,7 @@ finish's compare-and-set wins once, and SQLite's writers take turns in the proce
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -345,3 +346,29 @@ def test_many_reading_threads_keep_few_sqlite_connections(registry: Registry) ->
         thread.join(timeout=10)
     assert seen == [None] * 64
     assert len(registry._idle) <= MAX_IDLE_READERS
+
+
+def test_a_reader_handed_back_after_close_is_closed(registry: Registry) -> None:
+    """close() while a thread still reads: the connection it hands back after is
+    closed, not kept idle in a registry that no one will close again."""
+    if not registry.sqlite:
+        pytest.skip("PostgreSQL reads through the engine's pool, which dispose() closes")
+    reading, closed = threading.Event(), threading.Event()
+    held: list[sqlite3.Connection] = []
+
+    def read() -> None:
+        with registry.reading() as transaction:
+            held.append(transaction.cursor.connection)
+            reading.set()
+            closed.wait(timeout=10)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    assert reading.wait(timeout=10)
+    registry.close()
+    closed.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert registry._idle == []
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        held[0].execute("SELECT 1")

@@ -347,6 +347,9 @@ class Registry:
         # bounds the server's connections.
         self._idle: list[Any] = []
         self._guard = threading.Lock()
+        # Set by close(): a reader handed back after it is closed, not kept idle (no one
+        # would close it again: it would leak its files).
+        self._closed = False
         # SQLite's one writer: the threads of this process take turns and commit
         # together, processes take turns by a lock file beside the database.
         database = engine.url.database
@@ -364,6 +367,7 @@ class Registry:
     def close(self) -> None:
         """Close this registry's SQLite connections (of every thread)."""
         with self._guard:
+            self._closed = True
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
@@ -381,7 +385,7 @@ class Registry:
             yield connection
         finally:
             with self._guard:
-                keep = len(self._idle) < MAX_IDLE_READERS
+                keep = not self._closed and len(self._idle) < MAX_IDLE_READERS
                 if keep:
                     self._idle.append(connection)
             if not keep:

@@ -9,7 +9,8 @@
 //         (percent of files[0]); mode "signal" uploads files[0] throttled and, at
 //         signal.atPercent, sends signal.name to signal.pid (a gunicorn reload), then
 //         waits for the page to finish on its own; mode "refused" picks files[0]
-//         and reports the text of its row once the page shows it failed
+//         and reports the text of its row, its status, its bar (aria-valuenow, the
+//         fill's width) and its detail line once the page shows it failed
 //
 // The last stdout line is the JSON result ({"ok": true|false, ...}); exit status 0 iff ok.
 // The system's Chromium only: never `playwright install`.
@@ -182,8 +183,15 @@ async function refusedRun(page) {
     { timeout: STEP_MS, polling: 50 },
   )
   const text = await page.locator(row(BIG)).textContent()
+  // What the row's bar claims once the page shows the failure.
+  const bar = await page.locator(`${row(BIG)} .bar`).evaluate((node) => ({
+    valueNow: node.getAttribute('aria-valuenow'),
+    fillWidth: node.querySelector('.fill').style.width,
+  }))
+  const detail = await page.locator(`${row(BIG)} .detail`).textContent()
+  const status = await page.locator(`${row(BIG)} .status`).textContent()
   await screenshot(page, 'refused.png')
-  return { text }
+  return { text, bar, detail, status }
 }
 
 async function main() {

@@ -203,11 +203,18 @@ def test_tus_js_client_a_pdf_passes_and_shows_its_digest(
     assert head_upload(result["url"]).header("Repr-Digest") == digest
 
 
+@pytest.mark.parametrize("chunk", [0, 3 * 1024], ids=["one-patch", "3KiB-chunks"])
 def test_the_page_shows_the_refusal(
-    request: pytest.FixtureRequest, server_factory: Callable[..., LiveServer], tmp_path: Path
+    request: pytest.FixtureRequest,
+    server_factory: Callable[..., LiveServer],
+    tmp_path: Path,
+    chunk: int,
 ) -> None:
     """The upload page in Chromium: an exe renamed .pdf (the browser says
-    application/pdf) fails with the server's reason, and nothing of it is kept."""
+    application/pdf) fails with the server's reason, and nothing of it is kept. Its bar
+    shows what the server kept (in 3 KiB chunks, the two below the sniff window), not
+    the bytes the browser sent: in one PATCH every byte was sent before the 415, and
+    the bar stood at 100 % as if done."""
     tools: tuple[str, str] = request.getfixturevalue("page_tools")  # skips without chromium
     server = server_factory(UPLOADSVC_WEB_UI="1", **GATED)
     source = tmp_path / "invoice.pdf"
@@ -215,10 +222,16 @@ def test_the_page_shows_the_refusal(
     result = run_page(
         tools,
         tmp_path,
-        f"{server.origin}/",
+        f"{server.origin}/" + (f"?chunkSize={chunk}" if chunk else ""),
         [source],
         mode="refused",
         console_errors=re.compile(r"Failed to load resource: .* 415 .*"),
     )
-    assert "not application/pdf" in result["text"], result["text"]
-    assert stored_sizes(server) == [0]
+    assert "not application/pdf" in result["status"], result
+    kept = 2 * chunk
+    assert stored_sizes(server) == [kept]
+    percent = 100 * kept // len(EXE)
+    assert result["bar"] == {"valueNow": str(percent), "fillWidth": f"{percent}%"}, result
+    size = f"{len(EXE) / 1024:.1f} KiB"
+    kept_text = f"{kept / 1024:.1f} KiB" if kept else "0 B"
+    assert result["detail"] == f"{kept_text} of {size} ({percent} %) accepted by the server", result

@@ -126,8 +126,13 @@
         refreshUnfinished()
       },
       onAfterResponse: (request, response) => {
+        // What the server has taken: the offset of each answer that accepted a request.
+        // Bytes on the wire are not that: a refusal can come after all of them were sent.
+        const status = response.getStatus()
+        const accepted = response.getHeader('Upload-Offset')
+        if (status >= 200 && status < 300 && accepted) item.accepted = Number(accepted)
         // A HEAD answers where an earlier upload of this file stopped.
-        if (request.getMethod() === 'HEAD' && response.getStatus() === 200) {
+        if (request.getMethod() === 'HEAD' && status === 200) {
           const offset = Number(response.getHeader('Upload-Offset'))
           if (item.resumedFrom === null && offset > 0) {
             item.resumedFrom = offset
@@ -151,6 +156,8 @@
         item.retryable = status === 0 || status >= 500 || status === 423 || status === 409
         if (status === 401) notice('This upload link is not valid (any more): ask whoever sent it for a new one.')
         setStatus(item, 'error', describeError(error))
+        item.sent = item.accepted // the bar shows what the server took, not what was sent
+        drawProgress(item)
       },
     }
     if (CHUNK_SIZE) options.chunkSize = CHUNK_SIZE
@@ -172,7 +179,8 @@
       file,
       upload: null,
       status: 'starting',
-      sent: 0,
+      sent: 0, // bytes sent (the bar while uploading)
+      accepted: 0, // bytes the server's answers confirmed (the bar after a failure)
       resumedFrom: null,
       retryable: true,
       history: [],
@@ -241,10 +249,14 @@
 
   function drawProgress(item) {
     const total = item.file.size
-    const percent = total ? Math.floor((100 * item.sent) / total) : 100
+    const done = item.status === 'done'
+    // 100 % only once the server said the upload is complete: the last byte sent is
+    // not that (the answer may still refuse it).
+    const percent = done ? 100 : Math.min(99, total ? Math.floor((100 * item.sent) / total) : 0)
     item.parts.fill.style.width = `${percent}%`
     item.parts.bar.setAttribute('aria-valuenow', String(percent))
     let text = `${formatBytes(item.sent)} of ${formatBytes(total)} (${percent} %)`
+    if (item.status === 'error') text += ' accepted by the server'
     const [first, last] = [item.history[0], item.history[item.history.length - 1]]
     if (item.status === 'uploading' && first && last && last[0] > first[0]) {
       const rate = ((last[1] - first[1]) * 1000) / (last[0] - first[0])

@@ -77,6 +77,7 @@ def run(ctx: Context, params: Params | None = None) -> Result:
                 "repo": REPO_ROOT,
                 "server dir": server.base_dir,
                 "work dir": ctx.work_dir,
+                "temp dir": ctx.work_dir.parent,  # where a ``..`` out of the work dir lands
                 "/tmp": Path("/tmp"),
             }
             before = {name: _listing(path) for name, path in watched.items()}
@@ -126,8 +127,7 @@ def run(ctx: Context, params: Params | None = None) -> Result:
             check_data_dir(server, result)
             check_log_lines(server, result)
             check_metric_labels(server, result)
-            for found in Path("/tmp").glob(f"**/{marker}*"):
-                result.mismatch(f"a hostile path made {found}")
+            check_marked_paths(ctx.work_dir, marker, result)
     finally:
         canary.close()
     if canary.calls:
@@ -139,6 +139,18 @@ def run(ctx: Context, params: Params | None = None) -> Result:
     result.figures["keepalive_closed_unannounced"] = unannounced
     result.figures["early_answers_saying_keepalive"] = early_keepalive
     return result
+
+
+def check_marked_paths(work_dir: Path, marker: str, result: Result) -> None:
+    """No file or directory named by a hostile path anywhere in the campaign's own work
+    dir (the server's dir and data dir, and every dir a ``..`` from them reaches inside
+    it). Shared dirs (/tmp, the repo) are watched by their own new entries only: walking
+    all of /tmp met other processes' files as they were deleted (FileNotFoundError).
+    os.walk skips a directory that goes while it walks (our server still runs)."""
+    for parent, dirs, files in os.walk(work_dir):
+        for name in dirs + files:
+            if name.startswith(marker):
+                result.mismatch(f"a hostile path made {Path(parent, name)}")
 
 
 def check_data_dir(server: Server, result: Result) -> None:
