@@ -109,10 +109,12 @@ def _client_process(
     paths: list[str],
     threads: int,
     start: float,
+    measured_from: float,
     end: float,
     out: Any,
 ) -> None:
-    """A client process: ``threads`` clients looping until ``end`` (time.time())."""
+    """A client process: ``threads`` clients looping from ``start`` until ``end``
+    (time.time()); latencies of operations begun from ``measured_from`` on."""
     done: list[float] = []
     latencies: list[float] = []  # seconds per operation (a small upload: its 3 requests)
     errors: list[str] = []
@@ -136,7 +138,7 @@ def _client_process(
                     hc.expect_offset(conn.request("HEAD", path, hc.tus()), 200, SMALL, "HEAD")
                 finished = time.time()
                 mine.append(finished)
-                if began >= start:  # warm-up included: only the clock's start is shared
+                if began >= measured_from:  # begun after the warm-up
                     took.append(finished - began)
             except (OSError, hc.HTTPError) as error:
                 conn.close()
@@ -167,7 +169,8 @@ def concurrent(
     """CLIENTS clients in CLIENT_PROCS processes; operations per second after warm-up."""
     ctx = mp.get_context("fork")
     start = time.time() + 0.3
-    end = start + warmup + duration
+    measured = start + warmup
+    end = measured + duration
     procs, pipes = [], []
     pids = target.pids()
     cpu = tree_cpu(pids)
@@ -177,7 +180,7 @@ def concurrent(
         mine = (paths or [])[i::CLIENT_PROCS]
         proc = ctx.Process(
             target=_client_process,
-            args=(kind, target.port, target.files_path, mine, share, start, end, sender),
+            args=(kind, target.port, target.files_path, mine, share, start, measured, end, sender),
         )
         proc.start()
         sender.close()
@@ -195,7 +198,7 @@ def concurrent(
         client_cpu += used
         proc.join()
     server_cpu = tree_cpu(pids) - cpu
-    counted = sum(1 for t in done if t >= start + warmup)
+    counted = sum(1 for t in done if t >= measured)
     p99 = percentile(latencies, 0.99)
     return {
         "per_s": counted / duration,
