@@ -67,7 +67,7 @@ torture: install
 	$(BIN)/python -m torture $(TORTURE_ARGS)
 
 # Throughput, latency and memory against this machine's limit and a plain Flask baseline
-# (loopback only, about 35 minutes with the capacity workload's 60 s holds; not part of
+# (loopback only, about 25 minutes with the capacity workload's 60 s holds; not part of
 # `make test`). BENCH_ARGS="--quick" for a 6-minute look, "--big" adds a 10 GiB upload; the
 # table lands in bench-results/latest.json.
 bench: $(STAMP) $(BENCH_JS)
