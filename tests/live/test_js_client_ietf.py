@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import DataFile, LiveServer, MiB, http_request, run_node
-from .test_js_client import NODE_TIMEOUT, SCRIPT, _assert_stored, _fmt
+from .conftest import DataFile, LiveServer, MiB, http_request
+from .test_js_client import _assert_stored, _fmt, _upload
 
 pytestmark = pytest.mark.live
 
@@ -38,15 +38,13 @@ def test_upload(
     live_server: LiveServer, node: str, data_file: DataFile, size: int, protocol: str
 ) -> None:
     path, sha = data_file(size)
-    spec = {
-        "mode": "upload",
-        "endpoint": live_server.endpoint,
-        "path": str(path),
-        "protocol": protocol,
-        "metadata": {"filename": f"draft-{size}.bin"},
-        "timeoutSeconds": 120,
-    }
-    result = run_node(node, SCRIPT, spec, NODE_TIMEOUT)[-1]
+    result = _upload(
+        node,
+        live_server,
+        path=str(path),
+        protocol=protocol,
+        metadata={"filename": f"draft-{size}.bin"},
+    )
     assert result["ok"], result
     interop = PROTOCOLS[protocol]
     requests = result["requests"]
@@ -73,16 +71,14 @@ def test_upload_data_during_creation(
     told at creation completes the upload, as the server's answer says."""
     size = 3 * MiB + 5
     path, sha = data_file(size)
-    spec = {
-        "mode": "upload",
-        "endpoint": live_server.endpoint,
-        "path": str(path),
-        "protocol": protocol,
-        "chunkSize": MiB,
-        "dataDuringCreation": True,
-        "timeoutSeconds": 120,
-    }
-    result = run_node(node, SCRIPT, spec, NODE_TIMEOUT)[-1]
+    result = _upload(
+        node,
+        live_server,
+        path=str(path),
+        protocol=protocol,
+        chunkSize=MiB,
+        dataDuringCreation=True,
+    )
     assert result["ok"], result
     requests = result["requests"]
     _check_draft_requests(requests, PROTOCOLS[protocol])
@@ -101,18 +97,17 @@ def test_abort_and_resume(
     server's offset (HEAD) and sends only the rest."""
     size = 20 * MiB
     path, sha = data_file(size)
-    spec = {
-        "mode": "abort-resume",
-        "endpoint": live_server.endpoint,
-        "path": str(path),
-        "protocol": protocol,
-        "abortAt": 8 * MiB,
-        "rateBytesPerSecond": 32 * MiB,
-        "resumeVia": "uploadUrl",
-        "storagePath": str(tmp_path / "tus-urls.json"),
-        "timeoutSeconds": 120,
-    }
-    result = run_node(node, SCRIPT, spec, NODE_TIMEOUT)[-1]
+    result = _upload(
+        node,
+        live_server,
+        mode="abort-resume",
+        path=str(path),
+        protocol=protocol,
+        abortAt=8 * MiB,
+        rateBytesPerSecond=32 * MiB,
+        resumeVia="uploadUrl",
+        storagePath=str(tmp_path / "tus-urls.json"),
+    )
     assert result["ok"], result
     interop = PROTOCOLS[protocol]
     second = result["phase2"]["requests"]
