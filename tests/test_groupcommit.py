@@ -95,6 +95,19 @@ def run(target: object) -> tuple[threading.Thread, list[BaseException | None]]:
     return thread, outcome
 
 
+def run_two(
+    group: GroupCommit, first: object, second: object
+) -> tuple[list[BaseException | None], list[BaseException | None]]:
+    """``first`` in a thread until its block has opened the group's transaction, then
+    ``second`` in another; both joined. What each raised, as ``run`` gives it."""
+    one, first_outcome = run(first)
+    wait_for(lambda: group._group is not None)
+    two, second_outcome = run(second)
+    one.join(PATIENCE)
+    two.join(PATIENCE)
+    return first_outcome, second_outcome
+
+
 def test_a_block_that_raises_is_undone_alone(group: GroupCommit, path: Path) -> None:
     seen_by_first: list[list[int]] = []
 
@@ -110,11 +123,7 @@ def test_a_block_that_raises_is_undone_alone(group: GroupCommit, path: Path) -> 
             cursor.execute("INSERT INTO items (id) VALUES (2)")
             raise RuntimeError("refused")
 
-    one, first_outcome = run(first)
-    wait_for(lambda: group._group is not None)
-    two, second_outcome = run(second)
-    one.join(PATIENCE)
-    two.join(PATIENCE)
+    first_outcome, second_outcome = run_two(group, first, second)
     assert first_outcome == [None]
     assert isinstance(second_outcome[0], RuntimeError)
     assert seen_by_first == [[1]]
@@ -135,11 +144,7 @@ def test_a_failed_commit_fails_every_block_in_it(group: GroupCommit, path: Path)
             # A deferred foreign key: checked (and failed) by the COMMIT.
             cursor.execute("INSERT INTO items (id, parent) VALUES (2, 99)")
 
-    one, first_outcome = run(first)
-    wait_for(lambda: group._group is not None)
-    two, second_outcome = run(second)
-    one.join(PATIENCE)
-    two.join(PATIENCE)
+    first_outcome, second_outcome = run_two(group, first, second)
     assert isinstance(first_outcome[0], sqlite3.IntegrityError)
     assert isinstance(second_outcome[0], sqlite3.IntegrityError)
     assert first_outcome[0] is not second_outcome[0]
@@ -169,11 +174,7 @@ def test_processes_take_turns_by_the_lock_file(group: GroupCommit, path: Path) -
             with other.transaction() as cursor:
                 cursor.execute("INSERT INTO items (id) VALUES (2)")
 
-        one, first_outcome = run(first)
-        wait_for(lambda: group._group is not None)
-        two, second_outcome = run(second)
-        one.join(PATIENCE)
-        two.join(PATIENCE)
+        first_outcome, second_outcome = run_two(group, first, second)
         assert first_outcome == [None]
         assert second_outcome == [None]
         assert committed(path) == [1, 2]
