@@ -14,9 +14,8 @@
 // The system's Chromium only: never `playwright install`.
 
 import path from 'node:path'
-import { chromium } from 'playwright-core'
 
-import { CHROMIUM_ARGS } from './chromium.mjs'
+import { launchChromium } from './chromium.mjs'
 
 const spec = JSON.parse(process.argv[2] ?? '{}')
 const TIMEOUT_MS = (spec.timeoutSeconds ?? 90) * 1000
@@ -58,13 +57,7 @@ function rowState(page, name) {
 }
 
 async function main() {
-  const browser = await chromium.launchPersistentContext(spec.userDataDir, {
-    executablePath: spec.executablePath,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    viewport: { width: 1000, height: 760 },
-    timeout: 60000,
-  })
+  const browser = await launchChromium(spec)
   try {
     const page = await browser.newPage()
     page.setDefaultTimeout(TIMEOUT_MS)

@@ -16,9 +16,8 @@
 // The system's Chromium only: never `playwright install`.
 
 import path from 'node:path'
-import { chromium } from 'playwright-core'
 
-import { CHROMIUM_ARGS } from './chromium.mjs'
+import { launchChromium } from './chromium.mjs'
 
 const spec = JSON.parse(process.argv[2] ?? '{}')
 const TIMEOUT_MS = (spec.timeoutSeconds ?? 120) * 1000
@@ -195,13 +194,7 @@ async function refusedRun(page) {
 }
 
 async function main() {
-  const context = await chromium.launchPersistentContext(spec.userDataDir, {
-    executablePath: spec.executablePath,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    viewport: { width: 1000, height: 760 },
-    timeout: 60000,
-  })
+  const context = await launchChromium(spec)
   try {
     context.setDefaultTimeout(STEP_MS)
     const page = context.pages()[0] ?? (await context.newPage())

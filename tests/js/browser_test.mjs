@@ -10,9 +10,8 @@
 // The last stdout line is the JSON result ({"ok": true|false, ...}); exit status 0 iff ok.
 
 import path from 'node:path'
-import { chromium } from 'playwright-core'
 
-import { CHROMIUM_ARGS } from '../../web/chromium.mjs'
+import { launchChromium } from '../../web/chromium.mjs'
 
 const spec = JSON.parse(process.argv[2] ?? '{}')
 const TIMEOUT_MS = (spec.timeoutSeconds ?? 120) * 1000
@@ -70,13 +69,7 @@ async function waitForStatus(page, wanted) {
 
 async function main() {
   const endpointOrigin = new URL(new URL(spec.pageUrl).searchParams.get('endpoint')).origin
-  const context = await chromium.launchPersistentContext(spec.userDataDir, {
-    executablePath: spec.executablePath,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    viewport: { width: 1100, height: 800 },
-    timeout: 60000,
-  })
+  const context = await launchChromium(spec, { width: 1100, height: 800 })
   try {
     context.setDefaultTimeout(STEP_MS)
     const page = context.pages()[0] ?? (await context.newPage())
